@@ -1,0 +1,1 @@
+"""FastAPI status and control API: a separate reader and commander (never imports flows)."""

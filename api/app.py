@@ -1,0 +1,122 @@
+"""The API application factory.
+
+    uvicorn api.app:create_app --factory --host 127.0.0.1 --port 8000
+
+``/health`` reports the broker, the database and every supervised flow; it answers 200
+when all are healthy and 503 otherwise (with the same typed body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+import psycopg
+from confluent_kafka.admin import AdminClient
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from connectors.settings import Settings, load_settings
+from connectors.supervision import FlowStatus, read_flow_status
+
+Status = Literal["ok", "degraded", "down"]
+
+
+class ComponentHealth(BaseModel):
+    status: Status
+    detail: str = ""
+    latency_ms: float | None = None
+
+
+class FlowHealth(BaseModel):
+    status: Status
+    pid: int | None
+    restarts: int
+    uptime_s: float | None
+    detail: str = ""
+
+
+class Health(BaseModel):
+    status: Status
+    broker: ComponentHealth
+    database: ComponentHealth
+    flows: dict[str, FlowHealth]
+    persisted_lag_s: float | None = None
+
+
+def _endpoints(settings: Settings) -> tuple[str | None, str | None]:
+    from connectors import embedded
+
+    state = embedded.read_state(settings.home_dir)
+    bootstrap = settings.kafka_bootstrap or (state.broker.bootstrap if state.broker else None)
+    dsn = settings.database_url or (state.postgres.url if state.postgres else None)
+    return bootstrap, dsn
+
+
+def _check_broker(bootstrap: str | None) -> ComponentHealth:
+    if bootstrap is None:
+        return ComponentHealth(status="down", detail="no broker configured or running")
+    t = time.perf_counter()
+    try:
+        md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+        return ComponentHealth(status="down", detail=f"{bootstrap}: {exc}")
+    return ComponentHealth(status="ok", detail=f"{bootstrap}, {len(md.topics)} topics",
+                           latency_ms=round((time.perf_counter() - t) * 1000, 1))
+
+
+def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None]:
+    if dsn is None:
+        return ComponentHealth(status="down", detail="no database configured or running"), None
+    t = time.perf_counter()
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            row = conn.execute("SELECT EXTRACT(EPOCH FROM NOW() - MAX(updated_at)) FROM kafka_offsets "
+                               "WHERE consumer = 'persist'").fetchone()
+    except psycopg.Error as exc:
+        return ComponentHealth(status="down", detail=str(exc).strip().splitlines()[0]), None
+    lag = float(row[0]) if row and row[0] is not None else None
+    return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - t) * 1000, 1)), lag
+
+
+def _flow_health(fs: FlowStatus) -> FlowHealth:
+    status: Status = "ok" if fs.state == "running" else "degraded" if fs.state in {"starting", "restarting"} else "down"
+    return FlowHealth(status=status, pid=fs.pid, restarts=fs.restarts,
+                      uptime_s=round(time.time() - fs.started_at, 1) if fs.started_at else None, detail=fs.detail)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(title="ticktape", version="0.1.0", lifespan=lifespan,
+                  description="Status and control API of the ticktape trading engine.")
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    async def health(response: Response) -> Health:
+        bootstrap, dsn = _endpoints(settings)
+        broker, (db, lag) = await asyncio.gather(asyncio.to_thread(_check_broker, bootstrap),
+                                                 asyncio.to_thread(_check_database, dsn))
+        flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items()
+                 if name != "api"}
+        parts = [broker.status, db.status, *(f.status for f in flows.values())]
+        overall: Status = "ok" if all(p == "ok" for p in parts) else "down" if "down" in parts[:2] else "degraded"
+        if overall != "ok":
+            response.status_code = 503
+        return Health(status=overall, broker=broker, database=db, flows=flows, persisted_lag_s=lag)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+__all__ = ["create_app"]

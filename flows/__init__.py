@@ -1,0 +1,1 @@
+"""Bytewax dataflows, the supervisor and the ``ticktape`` CLI (the composition root)."""

@@ -1,0 +1,76 @@
+"""What every flow process does at start-up: settings, logging, shutdown, endpoints."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from connectors import embedded
+from connectors.kafka import KafkaClientConfig
+from connectors.logs import setup_logging
+from connectors.settings import ConfigError, Settings, load_settings
+from connectors.shutdown import install_handlers
+from schemas.topics import TopicCatalog, load_catalog
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bootstrap: str
+    database_url: str
+    cluster_id: str | None  # the embedded broker's incarnation, when embedded
+
+
+def endpoints(settings: Settings) -> Endpoints:
+    """Where the broker and PostgreSQL are: external ones from settings, else the embedded
+    services recorded under the home directory (they must be running)."""
+    state = embedded.read_state(settings.home_dir)
+    bootstrap = settings.kafka_bootstrap
+    cluster = None
+    if bootstrap is None:
+        if state.broker is None:
+            msg = (f"no Kafka broker: TICKTAPE_KAFKA_BOOTSTRAP is unset and no embedded broker runs under "
+                   f"{settings.home_dir} (start one with `ticktape services start` or `ticktape up`)")
+            raise ConfigError(msg)
+        bootstrap, cluster = state.broker.bootstrap, state.broker.cluster_id
+    dsn = settings.database_url
+    if dsn is None:
+        if state.postgres is None:
+            msg = (f"no database: TICKTAPE_DATABASE_URL is unset and no embedded PostgreSQL runs under "
+                   f"{settings.home_dir} (start one with `ticktape services start` or `ticktape up`)")
+            raise ConfigError(msg)
+        dsn = state.postgres.url
+    return Endpoints(bootstrap=bootstrap, database_url=dsn, cluster_id=cluster)
+
+
+@dataclass(frozen=True)
+class FlowContext:
+    settings: Settings
+    endpoints: Endpoints
+    kafka: KafkaClientConfig
+    catalog: TopicCatalog
+
+
+def flow_context(component: str) -> FlowContext:
+    """Read settings once, configure logging and graceful shutdown for a flow process."""
+    settings = load_settings()
+    setup_logging(component, settings.log_format, settings.log_level)
+    install_handlers()
+    ep = endpoints(settings)
+    catalog = load_catalog()
+    if settings.topic_prefix:
+        catalog = catalog.scoped(settings.topic_prefix)
+    return FlowContext(settings, ep, KafkaClientConfig.from_settings(settings, ep.bootstrap), catalog)
+
+
+def home_path(settings: Settings, *parts: str) -> Path:
+    p = settings.home_dir.joinpath(*parts)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """The environment for child processes: ours plus the resolved home directory."""
+    env = dict(os.environ)
+    env["TICKTAPE_HOME"] = str(settings.home_dir)
+    return env

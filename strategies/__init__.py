@@ -1,0 +1,1 @@
+"""Strategy base, registry and built-in strategies (see the trading-path issue)."""
