@@ -152,7 +152,7 @@ def start_broker(home: Path, *, port: int | None = None, owned: bool = False, ti
             try:
                 AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=2)
                 break
-            except Exception:  # noqa: BLE001 - not ready yet
+            except Exception:
                 pass
         time.sleep(0.02)
     else:

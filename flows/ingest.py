@@ -29,7 +29,7 @@ from connectors.kafka import OutRecord, ProducerSink
 from connectors.shutdown import STOP
 from operators.validation import TickValidator
 from schemas.codec import encode
-from schemas.market import DepthSnapshot, Instrument, RejectedEvent, RejectReason, Tick
+from schemas.market import Instrument, RejectedEvent, RejectReason
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.ingest")

@@ -21,7 +21,6 @@ import msgspec
 
 from schemas.market import DepthSnapshot, RejectReason, Tick
 
-
 _IST_OFFSET_NS = 19_800 * 10**9  # NSE days are IST days (UTC+05:30)
 _DAY_NS = 86_400 * 10**9
 

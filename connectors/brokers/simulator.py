@@ -352,7 +352,9 @@ class MarketSimulator:
             defect = ("non_positive_price", "non_finite", "volume_backwards", "unknown_instrument",
                       "malformed")[int(rng.integers(0, 5))]
             p = float(self.state.price[i])
-            raw = {"instrument": s.keys[i], "ts_event": t0 + int(rng.integers(0, STEP_NS)), "seq": -1,
+            # Stamped at the end of the step, after every valid tick of it, so "volume backwards"
+            # is backwards relative to what the validator has seen.
+            raw = {"instrument": s.keys[i], "ts_event": t0 + STEP_NS - 1 - int(rng.integers(0, 1000)), "seq": -1,
                    "ltp": p, "last_qty": 1, "volume": int(self.state.volume[i]), "oi": int(self.state.oi[i]),
                    "bid": p, "ask": p + float(s.tick[i]), "bid_qty": 1, "ask_qty": 1}
             raw["ts_init"] = raw["ts_event"]
@@ -361,7 +363,10 @@ class MarketSimulator:
             elif defect == "non_finite":
                 raw["ltp"] = float("nan")
             elif defect == "volume_backwards":
-                raw["volume"] = -1 if raw["volume"] == 0 else raw["volume"] - 1 - int(rng.integers(0, 1000))
+                if raw["volume"] == 0:
+                    defect, raw["volume"] = "negative_quantity", -1
+                else:
+                    raw["volume"] = max(0, raw["volume"] - 1 - int(rng.integers(0, 1000)))
             elif defect == "unknown_instrument":
                 raw["instrument"] = f"NSE:NOSUCH{int(rng.integers(0, 1000))}"
             else:
