@@ -118,7 +118,8 @@ def db_status() -> None:
                       r.applied_at.isoformat(timespec="seconds") if r.applied_at else "[yellow]pending[/yellow]",
                       "ok" if r.checksum_ok else "[red]changed since applied[/red]")
     console.print(table)
-    console.print(f"storage: {'TimescaleDB hypertables' if ts else 'plain PostgreSQL (BRIN indexes, ticktape db retention)'}")
+    kind = "TimescaleDB hypertables" if ts else "plain PostgreSQL (BRIN indexes, ticktape db retention)"
+    console.print(f"storage: {kind}")
     if any(r.applied_at is None for r in rows):
         raise typer.Exit(1)
 
@@ -195,8 +196,8 @@ def up(
 
     overrides: dict[str, object] = {}
     if demo:
-        overrides.update(sim_speed=float(os.environ.get("TICKTAPE_SIM_SPEED", 10)),
-                         sim_bad_tick_rate=float(os.environ.get("TICKTAPE_SIM_BAD_TICK_RATE", 0.0005)))
+        overrides.update(sim_speed=float(os.environ.get("TICKTAPE_SIM_SPEED", "10")),
+                         sim_bad_tick_rate=float(os.environ.get("TICKTAPE_SIM_BAD_TICK_RATE", "0.0005")))
     if speed is not None:
         overrides["sim_speed"] = speed
     s = _settings(**overrides)

@@ -9,6 +9,7 @@ When PostgreSQL is down the sink blocks and retries with backoff, keeping its bu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -170,10 +171,8 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
 
     def _close_conn(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
         self._conn = None
 
     def close(self) -> None:

@@ -1,0 +1,65 @@
+"""End to end through the CLI: `ticktape up` reaches ready, ticks reach PostgreSQL, and
+SIGINT stops everything gracefully (exit 0, no orphan process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from connectors import embedded
+from connectors.processes import free_port, pid_alive
+from connectors.supervision import read_flow_status
+
+pytestmark = pytest.mark.slow
+
+
+def test_up_runs_the_stack_and_stops_cleanly() -> None:
+    home = Path(tempfile.mkdtemp(prefix="ticktape-up-"))
+    os.chmod(home, 0o755)
+    port = free_port()
+    env = {**os.environ, "TICKTAPE_HOME": str(home), "TICKTAPE_API_PORT": str(port), "TICKTAPE_SIM_INSTRUMENTS": "100"}
+    env.pop("TICKTAPE_KAFKA_BOOTSTRAP", None)
+    env.pop("TICKTAPE_DATABASE_URL", None)
+    cli = Path(sys.executable).with_name("ticktape")
+    proc = subprocess.Popen([str(cli), "up", "--demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 90
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "ticktape ready" in line or proc.poll() is not None:
+                break
+        assert any("ticktape ready" in ln for ln in lines), "".join(lines)
+        state = embedded.read_state(home)
+        assert state.broker and state.postgres
+        rows = 0
+        while time.monotonic() < deadline and rows == 0:
+            time.sleep(1)
+            with psycopg.connect(state.postgres.url) as conn:
+                rows = conn.execute("SELECT count(*) FROM tick_data").fetchone()[0]
+        assert rows > 0, "no tick reached tick_data"
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert health.status_code == 200, health.text
+        assert health.json()["flows"]["ingest"]["status"] == "ok"
+        pids = [state.broker.pid, state.postgres.pid] + [fs.pid for fs in read_flow_status(home).values() if fs.pid]
+        assert len(pids) == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "stopped ingest (exit code 0)" in out and "stopped persist (exit code 0)" in out
+    time.sleep(0.5)
+    assert [p for p in pids if pid_alive(p)] == []
+    shutil.rmtree(home, ignore_errors=True)
