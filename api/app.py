@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Literal
 
 import psycopg
@@ -92,11 +90,7 @@ def _flow_health(fs: FlowStatus) -> FlowHealth:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-
-    app = FastAPI(title="ticktape", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="ticktape", version="0.1.0",
                   description="Status and control API of the ticktape trading engine.")
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from connectors import embedded
 from connectors.kafka import KafkaClientConfig
@@ -61,12 +60,6 @@ def flow_context(component: str) -> FlowContext:
     if settings.topic_prefix:
         catalog = catalog.scoped(settings.topic_prefix)
     return FlowContext(settings, ep, KafkaClientConfig.from_settings(settings, ep.bootstrap), catalog)
-
-
-def home_path(settings: Settings, *parts: str) -> Path:
-    p = settings.home_dir.joinpath(*parts)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def process_env(settings: Settings) -> dict[str, str]:

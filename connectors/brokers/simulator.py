@@ -119,6 +119,7 @@ class _Static:
     strike: np.ndarray
     expiry_ns: np.ndarray
     unders: list[str] = field(default_factory=list)
+    under_vol_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per-second vol of each underlying
 
 
 _KIND = {InstrumentType.INDEX: 0, InstrumentType.EQ: 1, InstrumentType.FUT: 2, InstrumentType.CE: 3,
@@ -186,13 +187,10 @@ class MarketSimulator:
                        lot=np.array([max(i.lot_size, 1) for i in instruments], dtype=np.int64),
                        vol_s=annual / math.sqrt(_YEAR_S), rate=rate[:n], spread_ticks=spread,
                        under_idx=under_idx, strike=np.array([i.strike or 0.0 for i in instruments]),
-                       expiry_ns=expiry_ns, unders=unders)
+                       expiry_ns=expiry_ns, unders=unders,
+                       under_vol_s=np.array([vols.get(k, 0.15) for k in unders]) / math.sqrt(_YEAR_S))
 
     # ------------------------------------------------------------------ pricing
-
-    def _under_vol(self) -> np.ndarray:
-        by_key = {u.key: u.annual_vol for u in INDICES}
-        return np.array([by_key.get(k, 0.15) for k in self._s.unders]) / math.sqrt(_YEAR_S)
 
     def _derive_prices(self, ts: np.ndarray, spot: np.ndarray, idx: np.ndarray, init: bool = False) -> np.ndarray:
         """Prices of derivatives/indices at times ``ts`` given spot rows (one per tick)."""
@@ -235,7 +233,7 @@ class MarketSimulator:
         act = float(activity(frac))
 
         # Underlying paths on a 100 ms grid (identical in every group).
-        u_vol = self._under_vol()
+        u_vol = s.under_vol_s
         n_u = len(s.unders)
         if n_u:
             dt = 1.0 / GRID

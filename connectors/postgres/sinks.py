@@ -146,18 +146,15 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
             self._conn.commit()
         conn = self._conn
         with conn.transaction():
-            if self._ticks:
-                with conn.cursor().copy("COPY stage_ticks FROM STDIN") as cp:
-                    for row in self._ticks:
+            for stage, rows, merge in (("stage_ticks", self._ticks, _TICK_MERGE),
+                                       ("stage_depth", self._depth, _DEPTH_MERGE)):
+                if not rows:
+                    continue
+                with conn.cursor().copy(f"COPY {stage} FROM STDIN") as cp:  # type: ignore[arg-type]
+                    for row in rows:
                         cp.write_row(row)
-                self._report_unknown(conn, "stage_ticks")
-                conn.execute(_TICK_MERGE)
-            if self._depth:
-                with conn.cursor().copy("COPY stage_depth FROM STDIN") as cp:
-                    for row in self._depth:
-                        cp.write_row(row)
-                self._report_unknown(conn, "stage_depth")
-                conn.execute(_DEPTH_MERGE)
+                self._report_unknown(conn, stage)
+                conn.execute(merge)
             conn.cursor().executemany(_OFFSETS, [(self._consumer, t, p, self._cluster, o)
                                                  for (t, p), o in self._offsets.items()])
 

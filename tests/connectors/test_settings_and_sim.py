@@ -9,6 +9,7 @@ from connectors.brokers.universe import build_universe, to_kite_csv
 from connectors.settings import ConfigError, load_settings
 from flows.ingest import SimConfig, _SimPartition
 from schemas.codec import encode
+from tests.stubs import drain, simulated
 
 DAY = date(2026, 11, 23)
 
@@ -24,17 +25,7 @@ def test_bad_setting_names_variable_and_form() -> None:
 def _run(seed: int, steps: int = 30, groups: int = 3) -> bytes:
     u = tuple(build_universe(DAY, 120))
     cfg = SimConfig(universe=u, seed=seed, groups=groups, day=DAY, speed=0, bad_tick_rate=0.01, max_steps=steps)
-    out = bytearray()
-    for g in range(groups):
-        part = _SimPartition(cfg, g, None)
-        while True:
-            try:
-                batch = part.next_batch()
-            except StopIteration:
-                break
-            for _key, (_kind, ev) in batch:
-                out += encode(ev) + b"\n"
-    return bytes(out)
+    return b"\n".join(encode(ev) for _kind, ev in simulated(cfg))
 
 
 def test_same_seed_gives_byte_identical_ticks() -> None:
@@ -47,21 +38,12 @@ def test_same_seed_gives_byte_identical_ticks() -> None:
 def test_resume_from_snapshot_continues_identically() -> None:
     u = tuple(build_universe(DAY, 60))
     cfg = SimConfig(universe=u, seed=1, groups=1, day=DAY, speed=0, max_steps=20)
-    whole = [ev for _k, (_kind, ev) in _drain(_SimPartition(cfg, 0, None))]
+    whole = [ev for _k, (_kind, ev) in drain(_SimPartition(cfg, 0, None))]
     part = _SimPartition(cfg, 0, None)
     first = [ev for _k, (_kind, ev) in part.next_batch() + part.next_batch()]
     resumed = _SimPartition(cfg, 0, part.snapshot())
-    rest = [ev for _k, (_kind, ev) in _drain(resumed)]
+    rest = [ev for _k, (_kind, ev) in drain(resumed)]
     assert first + rest == whole
-
-
-def _drain(part: _SimPartition) -> list:
-    out = []
-    while True:
-        try:
-            out += part.next_batch()
-        except StopIteration:
-            return out
 
 
 def test_market_is_plausible() -> None:

@@ -17,6 +17,7 @@ from flows import ingest, persist
 from schemas.codec import codec_for
 from schemas.market import RejectedEvent, Tick
 from schemas.topics import TopicCatalog
+from tests.stubs import simulated
 
 DAY = date(2026, 11, 23)
 
@@ -46,18 +47,11 @@ def _ingest(kafka: KafkaClientConfig, catalog: TopicCatalog, steps: int, bad_rat
 def _expected(cfg: ingest.SimConfig) -> tuple[list[Tick], Counter]:
     """What the simulator generated, straight from the source partitions."""
     ticks, bad = [], Counter()
-    for g in range(cfg.groups):
-        part = ingest._SimPartition(cfg, g, None)
-        while True:
-            try:
-                batch = part.next_batch()
-            except StopIteration:
-                break
-            for _k, (kind, ev) in batch:
-                if kind == ingest.TICK:
-                    ticks.append(ev)
-                elif kind == ingest.RAW:
-                    bad[ev[0]] += 1
+    for kind, ev in simulated(cfg):
+        if kind == ingest.TICK:
+            ticks.append(ev)
+        elif kind == ingest.RAW:
+            bad[ev[0]] += 1
     return ticks, bad
 
 
