@@ -30,7 +30,7 @@ PREFIX = "TICKTAPE_"
 # of a partition on each request and gives up when fetch.wait.max.ms runs out (about
 # 0.5-0.75 ms of wait per 1,000 batches). A producer that lingers 200 ms writes at most
 # 5 batches/s per partition: 112,500 batches in a 6h15m session, which a 250 ms fetch wait
-# reads with a 3x margin. tests/connectors/test_session_batches.py proves it.
+# reads with a 3x margin. tests/connectors/test_tansu_session.py proves it.
 TANSU_LINGER_MS = 200
 TANSU_FETCH_WAIT_MS = 250
 # Redpanda/Kafka answer a waiting fetch as soon as data arrives: small linger, low latency.
