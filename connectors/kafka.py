@@ -152,7 +152,9 @@ class OutRecord(NamedTuple):
 
 class _ProducerPartition(StatelessSinkPartition[OutRecord]):
     def __init__(self, conf: dict[str, Any]) -> None:
-        self._producer = Producer(conf)
+        # Delivery reports only for failures: a Python callback per delivered record would
+        # cost about as much as producing it.
+        self._producer = Producer({**conf, "on_delivery": self._on_delivery, "delivery.report.only.error": True})
         self._error: KafkaError | None = None
         self._counters: dict[str, Any] = {}
 
@@ -161,12 +163,12 @@ class _ProducerPartition(StatelessSinkPartition[OutRecord]):
             self._error = err
 
     def write_batch(self, items: list[OutRecord]) -> None:
-        produce, cb = self._producer.produce, self._on_delivery
+        produce = self._producer.produce
         counts: dict[str, int] = {}
         for topic, key, value in items:
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=cb)
+                    produce(topic, value, key)
                     break
                 except BufferError:  # local queue full: let librdkafka drain, then retry
                     self._producer.poll(0.05)

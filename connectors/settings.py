@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "TICKTAPE_"
@@ -70,7 +70,12 @@ class Settings(BaseSettings):
     sim_speed: Annotated[float, Field(ge=0)] = 1.0  # 1 = real time, 60 = a session in ~6 min, 0 = unpaced
     sim_date: date | None = None  # trading day to simulate; default: today (IST)
     sim_bad_tick_rate: Annotated[float, Field(ge=0, le=1)] = 0.0  # inject malformed ticks (demos, tests)
+    sim_seconds: Annotated[int, Field(ge=1)] | None = None  # stop after this much market time (bounded runs)
     ingest_partitions: Annotated[int, Field(ge=1, le=64)] = 4
+    # Ingest scales with independent processes, each owning every Nth instrument group (no
+    # Bytewax cluster: groups share no state, and one shard's crash must not stop the others).
+    ingest_processes: Annotated[int, Field(ge=1, le=16)] = 1
+    ingest_shard: Annotated[int, Field(ge=0, le=15)] = 0  # set per child by the supervisor
 
     # Persistence flow.
     persist_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
@@ -106,6 +111,24 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("postgresql://", "postgres://")):
             msg = "expected postgresql://user:password@host:port/database"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("ingest_processes")
+    @classmethod
+    def _processes_fit_groups(cls, v: int, info: ValidationInfo) -> int:
+        groups = info.data.get("ingest_partitions")
+        if groups is not None and v > groups:
+            msg = f"expected at most TICKTAPE_INGEST_PARTITIONS={groups} processes (each owns whole groups)"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("ingest_shard")
+    @classmethod
+    def _shard_in_range(cls, v: int, info: ValidationInfo) -> int:
+        n = info.data.get("ingest_processes")
+        if n is not None and v >= n:
+            msg = f"expected 0 <= shard < TICKTAPE_INGEST_PROCESSES={n}"
             raise ValueError(msg)
         return v
 

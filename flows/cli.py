@@ -221,7 +221,8 @@ def up(
     env.update({f"TICKTAPE_{k.upper()}": str(v) for k, v in overrides.items()})
     specs = [
         ChildSpec("persist", flow_argv("flows.persist"), env),
-        ChildSpec("ingest", flow_argv("flows.ingest"), env),
+        *(ChildSpec("ingest" if s.ingest_processes == 1 else f"ingest-{i}", flow_argv("flows.ingest"),
+                    {**env, "TICKTAPE_INGEST_SHARD": str(i)}) for i in range(s.ingest_processes)),
         ChildSpec("api", [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", s.api_host,
                           "--port", str(s.api_port), "--log-level", "warning"], env),
     ]

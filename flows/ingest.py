@@ -50,6 +50,8 @@ class SimConfig:
     speed: float  # market seconds per wall second; 0 = unpaced
     bad_tick_rate: float = 0.0
     max_steps: int | None = None  # stop after this many seconds of market time (bounded runs)
+    shard: int = 0  # this process owns the groups g with g % shards == shard
+    shards: int = 1
 
     def members(self, group: int) -> list[Instrument]:
         return list(self.universe[group :: self.groups])
@@ -145,7 +147,8 @@ class SimulatorSource(FixedPartitionedSource[tuple[str, tuple[str, Any]], _Resum
         self.cfg = cfg
 
     def list_parts(self) -> list[str]:
-        return [f"g{g}" for g in range(self.cfg.groups)]
+        cfg = self.cfg
+        return [f"g{g}" for g in range(cfg.groups) if g % cfg.shards == cfg.shard]
 
     def build_part(self, step_id: str, for_part: str, resume_state: _Resume | None) -> _SimPartition:
         return _SimPartition(self.cfg, int(for_part[1:]), resume_state)
@@ -159,7 +162,7 @@ class ValidateLogic(op.StatefulBatchLogic[tuple[str, Any], OutRecord, TickValida
         self.t_ticks, self.t_depth, self.t_dlq = topics["md.ticks"], topics["md.depth"], topics["md.dlq"]
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[OutRecord], bool]:
-        out: list[OutRecord] = []
+        out: list[Any] = []
         check, ticks_topic = self.v.check, self.t_ticks
         n_in = n_ok = 0
         for kind, ev in values:
@@ -167,14 +170,14 @@ class ValidateLogic(op.StatefulBatchLogic[tuple[str, Any], OutRecord, TickValida
                 n_in += 1
                 verdict = check(ev)
                 if verdict is None:
-                    out.append(OutRecord(ticks_topic, ev.instrument, encode(ev)))
+                    out.append((ticks_topic, ev.instrument, encode(ev)))  # an OutRecord; a bare tuple is 3x cheaper
                     n_ok += 1
                 else:
                     out.append(self._reject(ticks_topic, ev.instrument, verdict[0], verdict[1], encode(ev), ev.ts_event))
             elif kind is DEPTH:
                 verdict = self.v.check_depth(ev)
                 if verdict is None:
-                    out.append(OutRecord(self.t_depth, ev.instrument, encode(ev)))
+                    out.append((self.t_depth, ev.instrument, encode(ev)))
                 else:
                     out.append(self._reject(self.t_depth, ev.instrument, verdict[0], verdict[1], encode(ev),
                                             ev.ts_event))
@@ -229,7 +232,8 @@ def sim_config_from_settings(settings: Any) -> SimConfig:
     day = settings.sim_date or datetime.now(IST).date()
     universe = tuple(build_universe(day, settings.sim_instruments))
     return SimConfig(universe=universe, seed=settings.sim_seed, groups=settings.ingest_partitions, day=day,
-                     speed=settings.sim_speed, bad_tick_rate=settings.sim_bad_tick_rate)
+                     speed=settings.sim_speed, bad_tick_rate=settings.sim_bad_tick_rate,
+                     max_steps=settings.sim_seconds, shard=settings.ingest_shard, shards=settings.ingest_processes)
 
 
 def _flow_from_env() -> Dataflow:

@@ -23,6 +23,7 @@ from schemas.market import DepthSnapshot, RejectReason, Tick
 
 _IST_OFFSET_NS = 19_800 * 10**9  # NSE days are IST days (UTC+05:30)
 _DAY_NS = 86_400 * 10**9
+_INF = math.inf
 
 
 class TickValidator:
@@ -45,11 +46,12 @@ class TickValidator:
         if t.instrument not in self.known:
             return RejectReason.UNKNOWN_INSTRUMENT, f"instrument {t.instrument!r} is not in the instrument master"
         ltp, bid, ask = t.ltp, t.bid, t.ask
-        if not (math.isfinite(ltp) and math.isfinite(bid) and math.isfinite(ask)):
-            return RejectReason.NON_FINITE, f"ltp={ltp} bid={bid} ask={ask} must be finite"
-        if ltp <= 0:
+        # One chained comparison per field on the common path (NaN fails every comparison).
+        if not (0.0 < ltp < _INF and -_INF < bid < _INF and -_INF < ask < _INF):
+            if not (math.isfinite(ltp) and math.isfinite(bid) and math.isfinite(ask)):
+                return RejectReason.NON_FINITE, f"ltp={ltp} bid={bid} ask={ask} must be finite"
             return RejectReason.NON_POSITIVE_PRICE, f"ltp={ltp} must be > 0"
-        if t.last_qty < 0 or t.volume < 0 or t.oi < 0 or t.bid_qty < 0 or t.ask_qty < 0:
+        if (t.last_qty | t.volume | t.oi | t.bid_qty | t.ask_qty) < 0:  # any negative int sets the sign bit
             return RejectReason.NEGATIVE_QUANTITY, (f"last_qty={t.last_qty} volume={t.volume} oi={t.oi} "
                                                     f"bid_qty={t.bid_qty} ask_qty={t.ask_qty} must be >= 0")
         if bid > 0 and ask > 0 and bid > ask:
@@ -81,10 +83,14 @@ class TickValidator:
         if d.instrument not in self.known:
             return RejectReason.UNKNOWN_INSTRUMENT, f"instrument {d.instrument!r} is not in the instrument master"
         for side, levels in (("bid", d.bids), ("ask", d.asks)):
+            prices = [lv.price for lv in levels]
+            # Fast path: a finite positive sum and minimum prove every price finite and > 0.
+            if prices and not (min(prices) > 0.0 and sum(prices) < _INF):
+                for k, price in enumerate(prices):
+                    if not 0.0 < price < _INF:
+                        return RejectReason.NON_POSITIVE_PRICE, f"{side}[{k}].price={price} must be finite and > 0"
             for k, lv in enumerate(levels):
-                if not math.isfinite(lv.price) or lv.price <= 0:
-                    return RejectReason.NON_POSITIVE_PRICE, f"{side}[{k}].price={lv.price} must be finite and > 0"
-                if lv.qty < 0 or lv.orders < 0:
+                if (lv.qty | lv.orders) < 0:
                     return RejectReason.NEGATIVE_QUANTITY, f"{side}[{k}] qty={lv.qty} orders={lv.orders}"
         if d.bids and d.asks and d.bids[0].price > d.asks[0].price:
             return RejectReason.CROSSED_BOOK, f"best bid {d.bids[0].price} > best ask {d.asks[0].price}"

@@ -291,22 +291,36 @@ class MarketSimulator:
         bid_qty = np.where(kind == 0, 0, lot * rng.integers(1, 40, n))
         ask_qty = np.where(kind == 0, 0, lot * rng.integers(1, 40, n))
 
-        ticks: list[Tick] = []
-        vol_acc, oi_acc, seq_acc = st.volume, st.oi, st.seq
+        # Running per-instrument totals, vectorized: idx is grouped by instrument, so a
+        # segmented cumulative sum gives each tick's cumulative volume, OI and sequence.
+        first_of = np.ones(n, dtype=bool)
+        first_of[1:] = idx[1:] != idx[:-1]
+        seg = np.cumsum(first_of) - 1
+        seg_start = np.flatnonzero(first_of)
+
+        def running(start: np.ndarray, delta: np.ndarray) -> np.ndarray:
+            c = np.cumsum(delta)
+            return start[idx] + c - (c[seg_start] - delta[seg_start])[seg]
+
+        vol_run = running(st.volume, qty)
+        oi_run = np.maximum(running(st.oi, d_oi), 0)  # OI is floored at zero
+        seq_run = running(st.seq, np.ones(n, dtype=np.int64))
         keys = s.keys
-        for j, i in enumerate(idx.tolist()):
-            vol_acc[i] += qty[j]
-            oi_acc[i] = max(0, oi_acc[i] + d_oi[j])
-            seq_acc[i] += 1
-            ticks.append(Tick(instrument=keys[i], ts_event=int(ts[j]), ts_init=int(ts[j]), seq=int(seq_acc[i]),
-                              ltp=float(price[j]), last_qty=int(qty[j]), volume=int(vol_acc[i]),
-                              oi=int(oi_acc[i]), bid=float(bid[j]), ask=float(ask[j]),
-                              bid_qty=int(bid_qty[j]), ask_qty=int(ask_qty[j])))
+        ticks = [
+            Tick(instrument=keys[i], ts_event=t, ts_init=t, seq=q, ltp=p, last_qty=lq, volume=v, oi=o, bid=b, ask=a,
+                 bid_qty=bq, ask_qty=aq)
+            for i, t, q, p, lq, v, o, b, a, bq, aq in zip(
+                idx.tolist(), ts.tolist(), seq_run.tolist(), price.tolist(), qty.tolist(), vol_run.tolist(),
+                oi_run.tolist(), bid.tolist(), ask.tolist(), bid_qty.tolist(), ask_qty.tolist(), strict=True)
+        ]
         if n:
             last = np.flatnonzero(np.append(idx[1:] != idx[:-1], True))
             li = idx[last]
             st.price[li] = price[last]
             st.last_ts[li] = ts[last]
+            st.volume[li] = vol_run[last]
+            st.oi[li] = oi_run[last]
+            st.seq[li] = seq_run[last]
         depth = self._depth(last, li, ticks) if n else []
         bad = self._bad_ticks(t0) if self.bad_tick_rate > 0 else []
         st.step += 1
@@ -328,16 +342,22 @@ class MarketSimulator:
         ask0 = np.array([ticks[j].ask for j in last.tolist()])[:, None]
         bid_px = np.round(bid0 - steps * tick, 2).tolist()
         ask_px = np.round(ask0 + steps * tick, 2).tolist()
-        qty = (rng.integers(1, 60, (m, 10)) * s.lot[li][:, None]).tolist()
+        qty_a = rng.integers(1, 60, (m, 10)) * s.lot[li][:, None]
+        qty = qty_a.tolist()
         orders = rng.integers(1, 25, (m, 10)).tolist()
+        tot_bid = (7 * qty_a[:, :5].sum(axis=1)).tolist()
+        tot_ask = (7 * qty_a[:, 5:].sum(axis=1)).tolist()
         out = []
+        level = DepthLevel
         for r, j in enumerate(last.tolist()):
             t = ticks[j]
-            q, o, bp, ap = qty[r], orders[r], bid_px[r], ask_px[r]
-            bids = tuple(DepthLevel(bp[k], q[k], o[k]) for k in range(5) if bp[k] > 0)
-            asks = tuple(DepthLevel(ap[k], q[5 + k], o[5 + k]) for k in range(5))
+            q, o, bp = qty[r], orders[r], bid_px[r]
+            bids = tuple(map(level, bp, q[:5], o[:5]))
+            if bp[4] <= 0:  # deep levels of a near-zero option would be non-positive: omit them
+                bids = tuple(b for b in bids if b.price > 0)
             out.append(DepthSnapshot(instrument=t.instrument, ts_event=t.ts_event, ts_init=t.ts_init, bids=bids,
-                                     asks=asks, total_bid_qty=7 * sum(q[:5]), total_ask_qty=7 * sum(q[5:])))
+                                     asks=tuple(map(level, ask_px[r], q[5:], o[5:])), total_bid_qty=tot_bid[r],
+                                     total_ask_qty=tot_ask[r]))
         return out
 
     def _bad_ticks(self, t0: int) -> list[tuple[str, dict]]:

@@ -80,7 +80,8 @@ class BenchResult:
             base = f"  (baseline {self.baseline['name']}: {self.baseline['figure']:.4g}, ratio {self.baseline['ratio']:.3g})"
         met = ""
         if self.target:
-            met = f"  target {self.target['better']} than {self.target['value']}: {'met' if self.target['met'] else 'NOT met'}"
+            verdict = "met" if self.target["met"] else "NOT met"
+            met = f"  target {self.target['better']} than {self.target['value']}: {verdict}"
         print(f"\n[bench] {self.name}: {self.figure:.4g} {self.unit} median of {len(self.runs)}{base}{met} -> {path}")
         return path
 
