@@ -63,8 +63,9 @@ def _check_broker(bootstrap: str | None) -> ComponentHealth:
         md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
     except Exception as exc:
         return ComponentHealth(status="down", detail=f"{bootstrap}: {exc}")
-    return ComponentHealth(status="ok", detail=f"{bootstrap}, {len(md.topics)} topics",
-                           latency_ms=round((time.perf_counter() - t) * 1000, 1))
+    return ComponentHealth(
+        status="ok", detail=f"{bootstrap}, {len(md.topics)} topics", latency_ms=round((time.perf_counter() - t) * 1000, 1)
+    )
 
 
 def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None]:
@@ -73,8 +74,9 @@ def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None]:
     t = time.perf_counter()
     try:
         with psycopg.connect(dsn, connect_timeout=2) as conn:
-            row = conn.execute("SELECT EXTRACT(EPOCH FROM NOW() - MAX(updated_at)) FROM kafka_offsets "
-                               "WHERE consumer = 'persist'").fetchone()
+            row = conn.execute(
+                "SELECT EXTRACT(EPOCH FROM NOW() - MAX(updated_at)) FROM kafka_offsets WHERE consumer = 'persist'"
+            ).fetchone()
     except psycopg.Error as exc:
         return ComponentHealth(status="down", detail=str(exc).strip().splitlines()[0]), None
     lag = float(row[0]) if row and row[0] is not None else None
@@ -83,23 +85,27 @@ def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None]:
 
 def _flow_health(fs: FlowStatus) -> FlowHealth:
     status: Status = "ok" if fs.state == "running" else "degraded" if fs.state in {"starting", "restarting"} else "down"
-    return FlowHealth(status=status, pid=fs.pid, restarts=fs.restarts,
-                      uptime_s=round(time.time() - fs.started_at, 1) if fs.started_at else None, detail=fs.detail)
+    return FlowHealth(
+        status=status,
+        pid=fs.pid,
+        restarts=fs.restarts,
+        uptime_s=round(time.time() - fs.started_at, 1) if fs.started_at else None,
+        detail=fs.detail,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
-    app = FastAPI(title="ticktape", version="0.1.0",
-                  description="Status and control API of the ticktape trading engine.")
+    app = FastAPI(title="ticktape", version="0.1.0", description="Status and control API of the ticktape trading engine.")
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:
         bootstrap, dsn = _endpoints(settings)
-        broker, (db, lag) = await asyncio.gather(asyncio.to_thread(_check_broker, bootstrap),
-                                                 asyncio.to_thread(_check_database, dsn))
-        flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items()
-                 if name != "api"}
+        broker, (db, lag) = await asyncio.gather(
+            asyncio.to_thread(_check_broker, bootstrap), asyncio.to_thread(_check_database, dsn)
+        )
+        flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items() if name != "api"}
         parts = [broker.status, db.status, *(f.status for f in flows.values())]
         overall: Status = "ok" if all(p == "ok" for p in parts) else "down" if "down" in parts[:2] else "degraded"
         if overall != "ok":

@@ -137,10 +137,24 @@ def start_broker(home: Path, *, port: int | None = None, owned: bool = False, ti
     logf = (bdir / "tansu.log").open("ab")
     env = {k: v for k, v in os.environ.items() if k not in {"CLUSTER_ID", "LISTENER_URL", "STORAGE_ENGINE"}}
     proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--cluster-id", cluster_id, "--listener-url", url,
-         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        start_new_session=True, preexec_fn=die_with_parent if owned else None,
+        [
+            str(tansu_binary()),
+            "broker",
+            "--cluster-id",
+            cluster_id,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent if owned else None,
     )
     logf.close()
     deadline = time.monotonic() + timeout
@@ -159,8 +173,9 @@ def start_broker(home: Path, *, port: int | None = None, owned: bool = False, ti
         terminate(proc.pid)
         msg = f"embedded broker did not answer on 127.0.0.1:{port} within {timeout:.0f}s"
         raise ServiceError(msg)
-    state = BrokerState(pid=proc.pid, port=port, cluster_id=cluster_id, started_at=time.time(),
-                        owner_pid=os.getpid() if owned else None)
+    state = BrokerState(
+        pid=proc.pid, port=port, cluster_id=cluster_id, started_at=time.time(), owner_pid=os.getpid() if owned else None
+    )
     _update_state(home, broker=state)
     log.info("embedded broker ready", extra={"bootstrap": state.bootstrap, "pid": proc.pid})
     return state
@@ -195,8 +210,11 @@ def _pg_user() -> str | None:
     try:
         pwd.getpwnam(PG_OS_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_OS_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_OS_USER],
+            check=True,
+            capture_output=True,
+        )
     return PG_OS_USER
 
 
@@ -214,8 +232,7 @@ def _as_user(user: str | None) -> dict[str, object]:
 
 
 def _pg_run(args: list[str], user: str | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          **_as_user(user))  # type: ignore[call-overload]
+    return subprocess.run(args, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, **_as_user(user))  # type: ignore[call-overload]
 
 
 def init_postgres(home: Path) -> Path:
@@ -229,16 +246,29 @@ def init_postgres(home: Path) -> Path:
         _make_traversable(Path(_pg_bin("postgres")).parent.parent)
         os.chown(pgdata, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     pgdata.chmod(0o700)
-    res = _pg_run([_pg_bin("initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
-                   "--no-sync", "--locale=C"], user)
+    res = _pg_run(
+        [
+            _pg_bin("initdb"),
+            "-D",
+            str(pgdata),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--no-sync",
+            "--locale=C",
+        ],
+        user,
+    )
     if res.returncode != 0:
         msg = f"initdb failed for {pgdata}:\n{res.stderr or res.stdout}"
         raise ServiceError(msg)
     return pgdata
 
 
-def start_postgres(home: Path, *, port: int | None = None, owned: bool = False, fast: bool = False,
-                   timeout: float = 30.0) -> PostgresState:
+def start_postgres(
+    home: Path, *, port: int | None = None, owned: bool = False, fast: bool = False, timeout: float = 30.0
+) -> PostgresState:
     """Start PostgreSQL (initialising ``<home>/pg`` on first use) and create the database.
 
     ``fast`` turns off fsync for throw-away test clusters.
@@ -263,17 +293,35 @@ def start_postgres(home: Path, *, port: int | None = None, owned: bool = False, 
     if not port_free(port):
         msg = f"cannot start embedded PostgreSQL: port {port} is in use"
         raise ServiceError(msg)
-    opts = ["-c", "listen_addresses=127.0.0.1", "-c", f"port={port}", "-c", "unix_socket_directories=",
-            "-c", "max_connections=100", "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning"]
+    opts = [
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"port={port}",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=100",
+        "-c",
+        "shared_buffers=256MB",
+        "-c",
+        "log_min_messages=warning",
+    ]
     if fast:
         opts += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     logpath = pgdata / "server.log"
     logf = logpath.open("ab")
     if user:
         os.chown(logpath, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
-    proc = subprocess.Popen([_pg_bin("postgres"), "-D", str(pgdata), *opts], **_as_user(user),  # type: ignore[call-overload]
-                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=die_with_parent if owned else None)
+    proc = subprocess.Popen(
+        [_pg_bin("postgres"), "-D", str(pgdata), *opts],
+        **_as_user(user),  # type: ignore[call-overload]
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent if owned else None,
+    )
     logf.close()
     admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     deadline = time.monotonic() + timeout

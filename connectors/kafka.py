@@ -111,8 +111,11 @@ def create_topics(admin: AdminClient, catalog: TopicCatalog, timeout: float = 15
     A topic that exists with a different partition count is reported, not recreated.
     """
     have = existing_topics(admin, timeout)
-    new = [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, config=spec.broker_config())
-           for spec in catalog.values() if spec.name not in have]
+    new = [
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, config=spec.broker_config())
+        for spec in catalog.values()
+        if spec.name not in have
+    ]
     created: list[str] = []
     if new:
         for name, fut in admin.create_topics(new, request_timeout=timeout).items():
@@ -124,8 +127,9 @@ def create_topics(admin: AdminClient, catalog: TopicCatalog, timeout: float = 15
                     raise
     for spec in catalog.values():
         if spec.name in have and have[spec.name] != spec.partitions:
-            log.warning("topic has %d partitions, catalog says %d", have[spec.name], spec.partitions,
-                        extra={"topic": spec.name})
+            log.warning(
+                "topic has %d partitions, catalog says %d", have[spec.name], spec.partitions, extra={"topic": spec.name}
+            )
     return created
 
 
@@ -221,8 +225,16 @@ HEARTBEAT = Record("", -1, -1, None, None)  # emitted while idle so time-bounded
 
 
 class _RecordPartition(StatefulSourcePartition[Record, int]):
-    def __init__(self, conf: dict[str, Any], topic: str, partition: int, offset: int, tail: bool,
-                 batch_size: int, heartbeat: timedelta | None) -> None:
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        tail: bool,
+        batch_size: int,
+        heartbeat: timedelta | None,
+    ) -> None:
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic, self._partition, self._offset = topic, partition, offset
@@ -271,8 +283,16 @@ class RecordSource(FixedPartitionedSource[Record, int]):
     ``tail=False`` ends each partition at its end (partition-EOF), for bounded replays.
     """
 
-    def __init__(self, client: KafkaClientConfig, topics: list[str], *, start: Mapping[tuple[str, int], int] | None = None,
-                 tail: bool = True, batch_size: int = 5000, heartbeat: timedelta | None = None) -> None:
+    def __init__(
+        self,
+        client: KafkaClientConfig,
+        topics: list[str],
+        *,
+        start: Mapping[tuple[str, int], int] | None = None,
+        tail: bool = True,
+        batch_size: int = 5000,
+        heartbeat: timedelta | None = None,
+    ) -> None:
         self._client, self._topics, self._start = client, topics, dict(start or {})
         self._tail, self._batch_size, self._heartbeat = tail, batch_size, heartbeat
 
@@ -287,5 +307,6 @@ class RecordSource(FixedPartitionedSource[Record, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RecordPartition:
         p, topic = for_part.split("@", 1)
         offset = resume_state if resume_state is not None else self._start.get((topic, int(p)), 0)
-        return _RecordPartition(self._client.consumer(), topic, int(p), offset, self._tail, self._batch_size,
-                                self._heartbeat)
+        return _RecordPartition(
+            self._client.consumer(), topic, int(p), offset, self._tail, self._batch_size, self._heartbeat
+        )

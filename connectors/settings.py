@@ -86,8 +86,7 @@ class Settings(BaseSettings):
     restart_limit: Annotated[int, Field(ge=0, le=1000)] = 5  # restarts within 5 minutes before giving up
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):  # type: ignore[no-untyped-def]
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
         # load_settings() reads the TICKTAPE_* variables itself (from os.environ or a given
         # mapping) so that tests and sub-processes are hermetic and errors name the variable.
         return (init_settings,)

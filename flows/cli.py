@@ -78,8 +78,13 @@ def topics_list() -> None:
     table = Table("topic", "partitions", "key", "value", "retention", "on broker")
     for spec in _catalog(s).values():
         on = have.get(spec.name)
-        ok = "[green]yes[/green]" if on == spec.partitions else "[red]missing[/red]" if on is None \
+        ok = (
+            "[green]yes[/green]"
+            if on == spec.partitions
+            else "[red]missing[/red]"
+            if on is None
             else f"[yellow]{on} partitions[/yellow]"
+        )
         table.add_row(spec.name, str(spec.partitions), spec.key, spec.value, f"{spec.retention_ms // 3_600_000} h", ok)
     console.print(table)
 
@@ -100,8 +105,10 @@ def db_migrate() -> None:
 
     with _db(_settings()) as conn:
         done = migrate(conn)
-    console.print(f"applied {len(done)} migration(s)" + (": " + ", ".join(f"{m.version:04d}_{m.name}" for m in done)
-                                                       if done else " (up to date)"))
+    console.print(
+        f"applied {len(done)} migration(s)"
+        + (": " + ", ".join(f"{m.version:04d}_{m.name}" for m in done) if done else " (up to date)")
+    )
 
 
 @db_app.command("status")
@@ -114,9 +121,12 @@ def db_status() -> None:
         ts = timescale_enabled(conn)
     table = Table("version", "name", "applied at", "checksum")
     for r in rows:
-        table.add_row(f"{r.migration.version:04d}", r.migration.name,
-                      r.applied_at.isoformat(timespec="seconds") if r.applied_at else "[yellow]pending[/yellow]",
-                      "ok" if r.checksum_ok else "[red]changed since applied[/red]")
+        table.add_row(
+            f"{r.migration.version:04d}",
+            r.migration.name,
+            r.applied_at.isoformat(timespec="seconds") if r.applied_at else "[yellow]pending[/yellow]",
+            "ok" if r.checksum_ok else "[red]changed since applied[/red]",
+        )
     console.print(table)
     kind = "TimescaleDB hypertables" if ts else "plain PostgreSQL (BRIN indexes, ticktape db retention)"
     console.print(f"storage: {kind}")
@@ -170,10 +180,14 @@ def services_status() -> None:
     broker = s.kafka_bootstrap or (st.broker.bootstrap if st.broker else None)
     pg = s.database_url or (st.postgres.url if st.postgres else None)
     console.print(f"home      {s.home_dir}")
-    console.print(f"broker    {broker or '[red]not running[/red]'}"
-                  + (" (external)" if s.kafka_bootstrap else f" (embedded, pid {st.broker.pid})" if st.broker else ""))
-    console.print(f"postgres  {pg or '[red]not running[/red]'}"
-                  + (" (external)" if s.database_url else f" (embedded, pid {st.postgres.pid})" if st.postgres else ""))
+    console.print(
+        f"broker    {broker or '[red]not running[/red]'}"
+        + (" (external)" if s.kafka_bootstrap else f" (embedded, pid {st.broker.pid})" if st.broker else "")
+    )
+    console.print(
+        f"postgres  {pg or '[red]not running[/red]'}"
+        + (" (external)" if s.database_url else f" (embedded, pid {st.postgres.pid})" if st.postgres else "")
+    )
     for name, fs in read_flow_status(s.home_dir).items():
         console.print(f"{name:<9} {fs.state} pid={fs.pid} restarts={fs.restarts} {fs.detail}")
     if broker is None or pg is None:
@@ -196,8 +210,10 @@ def up(
 
     overrides: dict[str, object] = {}
     if demo:
-        overrides.update(sim_speed=float(os.environ.get("TICKTAPE_SIM_SPEED", "10")),
-                         sim_bad_tick_rate=float(os.environ.get("TICKTAPE_SIM_BAD_TICK_RATE", "0.0005")))
+        overrides.update(
+            sim_speed=float(os.environ.get("TICKTAPE_SIM_SPEED", "10")),
+            sim_bad_tick_rate=float(os.environ.get("TICKTAPE_SIM_BAD_TICK_RATE", "0.0005")),
+        )
     if speed is not None:
         overrides["sim_speed"] = speed
     s = _settings(**overrides)
@@ -221,10 +237,31 @@ def up(
     env.update({f"TICKTAPE_{k.upper()}": str(v) for k, v in overrides.items()})
     specs = [
         ChildSpec("persist", flow_argv("flows.persist"), env),
-        *(ChildSpec("ingest" if s.ingest_processes == 1 else f"ingest-{i}", flow_argv("flows.ingest"),
-                    {**env, "TICKTAPE_INGEST_SHARD": str(i)}) for i in range(s.ingest_processes)),
-        ChildSpec("api", [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", s.api_host,
-                          "--port", str(s.api_port), "--log-level", "warning"], env),
+        *(
+            ChildSpec(
+                "ingest" if s.ingest_processes == 1 else f"ingest-{i}",
+                flow_argv("flows.ingest"),
+                {**env, "TICKTAPE_INGEST_SHARD": str(i)},
+            )
+            for i in range(s.ingest_processes)
+        ),
+        ChildSpec(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.app:create_app",
+                "--factory",
+                "--host",
+                s.api_host,
+                "--port",
+                str(s.api_port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+        ),
     ]
     sup = Supervisor(s.home_dir, specs, backoff_max=s.restart_backoff_max_s, restart_limit=s.restart_limit)
     sup.start()
@@ -232,7 +269,9 @@ def up(
     console.print(
         f"[bold green]ticktape ready[/bold green] in {time.monotonic() - t0:.1f}s - "
         f"API http://{s.api_host}:{s.api_port} (/health, /docs) - broker {ep.bootstrap} - "
-        f"postgres {ep.database_url} - home {s.home_dir}", soft_wrap=True)
+        f"postgres {ep.database_url} - home {s.home_dir}",
+        soft_wrap=True,
+    )
     console.print("Ctrl-C stops everything.", style="dim")
     reporter = _Reporter(ep.database_url)
     code = sup.run(on_tick=reporter.tick)
@@ -282,8 +321,9 @@ class _Reporter:
 
         try:
             with psycopg.connect(self.dsn, connect_timeout=2) as conn:
-                row = conn.execute("SELECT COALESCE(SUM(next_offset), 0) FROM kafka_offsets "
-                                   "WHERE consumer = 'persist'").fetchone()
+                row = conn.execute(
+                    "SELECT COALESCE(SUM(next_offset), 0) FROM kafka_offsets WHERE consumer = 'persist'"
+                ).fetchone()
         except psycopg.Error:
             return
         rows = int(row[0]) if row else 0

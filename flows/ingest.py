@@ -68,8 +68,13 @@ class _SimPartition(StatefulSourcePartition[tuple[str, tuple[str, Any]], _Resume
     def __init__(self, cfg: SimConfig, group: int, resume: _Resume | None) -> None:
         self._cfg, self._key = cfg, f"g{group}"
         members = cfg.members(group)
-        kw = {"all_instruments": list(cfg.universe), "seed": cfg.seed, "group": group, "day": cfg.day,
-              "bad_tick_rate": cfg.bad_tick_rate}
+        kw = {
+            "all_instruments": list(cfg.universe),
+            "seed": cfg.seed,
+            "group": group,
+            "day": cfg.day,
+            "bad_tick_rate": cfg.bad_tick_rate,
+        }
         self._sim = MarketSimulator(members, **kw, state=copy.deepcopy(resume.state) if resume else None)
         self._steps = resume.steps if resume else 0
         self._buf: list[tuple[int, tuple[str, Any]]] = []  # (due ns since start, item)
@@ -136,8 +141,9 @@ class _SimPartition(StatefulSourcePartition[tuple[str, tuple[str, Any]], _Resume
         return datetime.now(UTC) + timedelta(milliseconds=50)
 
     def snapshot(self) -> _Resume:
-        return _Resume(state=copy.deepcopy(self._before), steps=self._steps - 1 if self._buf else self._steps,
-                       emitted=self._pos)
+        return _Resume(
+            state=copy.deepcopy(self._before), steps=self._steps - 1 if self._buf else self._steps, emitted=self._pos
+        )
 
 
 class SimulatorSource(FixedPartitionedSource[tuple[str, tuple[str, Any]], _Resume]):
@@ -179,8 +185,7 @@ class ValidateLogic(op.StatefulBatchLogic[tuple[str, Any], OutRecord, TickValida
                 if verdict is None:
                     out.append((self.t_depth, ev.instrument, encode(ev)))
                 else:
-                    out.append(self._reject(self.t_depth, ev.instrument, verdict[0], verdict[1], encode(ev),
-                                            ev.ts_event))
+                    out.append(self._reject(self.t_depth, ev.instrument, verdict[0], verdict[1], encode(ev), ev.ts_event))
             else:
                 n_in += 1
                 _defect, raw = ev
@@ -196,11 +201,19 @@ class ValidateLogic(op.StatefulBatchLogic[tuple[str, Any], OutRecord, TickValida
         TICKS_OUT.inc(n_ok)
         return out, op.StatefulBatchLogic.RETAIN
 
-    def _reject(self, topic: str, instrument: str | None, reason: RejectReason, detail: str, payload: bytes,
-                ts: int) -> OutRecord:
+    def _reject(
+        self, topic: str, instrument: str | None, reason: RejectReason, detail: str, payload: bytes, ts: int
+    ) -> OutRecord:
         REJECTED.labels(reason.value).inc()
-        ev = RejectedEvent(source_topic=topic, instrument=instrument, reason=reason, detail=detail,
-                           payload=payload.decode("utf-8", "replace"), ts_event=ts, ts_init=ts)
+        ev = RejectedEvent(
+            source_topic=topic,
+            instrument=instrument,
+            reason=reason,
+            detail=detail,
+            payload=payload.decode("utf-8", "replace"),
+            ts_event=ts,
+            ts_init=ts,
+        )
         return OutRecord(self.t_dlq, instrument or "", encode(ev))
 
     def snapshot(self) -> TickValidator:
@@ -214,15 +227,15 @@ def _json(raw: Any) -> bytes:
         return repr(raw).encode()
 
 
-def build(source: FixedPartitionedSource, universe: list[Instrument] | tuple[Instrument, ...], catalog: TopicCatalog,
-          sink: Any) -> Dataflow:
+def build(
+    source: FixedPartitionedSource, universe: list[Instrument] | tuple[Instrument, ...], catalog: TopicCatalog, sink: Any
+) -> Dataflow:
     """The ingest dataflow: ``source`` items are ``(group, (kind, event))``."""
     known = [i.instrument for i in universe]
     topics = {name: catalog.name(name) for name in ("md.ticks", "md.depth", "md.dlq")}
     flow = Dataflow("ingest")
     events = op.input("feed", flow, source)
-    checked = op.stateful_batch("validate", events,
-                                lambda resume: ValidateLogic(resume or TickValidator(known), topics))
+    checked = op.stateful_batch("validate", events, lambda resume: ValidateLogic(resume or TickValidator(known), topics))
     records = op.map("unkey", checked, lambda kv: kv[1])
     op.output("publish", records, sink)
     return flow
@@ -231,9 +244,17 @@ def build(source: FixedPartitionedSource, universe: list[Instrument] | tuple[Ins
 def sim_config_from_settings(settings: Any) -> SimConfig:
     day = settings.sim_date or datetime.now(IST).date()
     universe = tuple(build_universe(day, settings.sim_instruments))
-    return SimConfig(universe=universe, seed=settings.sim_seed, groups=settings.ingest_partitions, day=day,
-                     speed=settings.sim_speed, bad_tick_rate=settings.sim_bad_tick_rate,
-                     max_steps=settings.sim_seconds, shard=settings.ingest_shard, shards=settings.ingest_processes)
+    return SimConfig(
+        universe=universe,
+        seed=settings.sim_seed,
+        groups=settings.ingest_partitions,
+        day=day,
+        speed=settings.sim_speed,
+        bad_tick_rate=settings.sim_bad_tick_rate,
+        max_steps=settings.sim_seconds,
+        shard=settings.ingest_shard,
+        shards=settings.ingest_processes,
+    )
 
 
 def _flow_from_env() -> Dataflow:
@@ -241,8 +262,14 @@ def _flow_from_env() -> Dataflow:
 
     ctx = flow_context("ingest")
     cfg = sim_config_from_settings(ctx.settings)
-    log.info("simulating %d instruments in %d groups, seed %d, day %s, speed %s", len(cfg.universe), cfg.groups,
-             cfg.seed, cfg.day, cfg.speed or "unpaced")
+    log.info(
+        "simulating %d instruments in %d groups, seed %d, day %s, speed %s",
+        len(cfg.universe),
+        cfg.groups,
+        cfg.seed,
+        cfg.day,
+        cfg.speed or "unpaced",
+    )
     return build(SimulatorSource(cfg), cfg.universe, ctx.catalog, ProducerSink(ctx.kafka.producer()))
 
 

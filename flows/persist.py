@@ -24,18 +24,34 @@ log = logging.getLogger("ticktape.persist")
 CONSUMER = "persist"
 
 
-def build(client: KafkaClientConfig, catalog: TopicCatalog, database_url: str, *, tail: bool = True,
-          max_rows: int = 20_000, max_age_s: float = 0.5, consumer: str = CONSUMER) -> Dataflow:
+def build(
+    client: KafkaClientConfig,
+    catalog: TopicCatalog,
+    database_url: str,
+    *,
+    tail: bool = True,
+    max_rows: int = 20_000,
+    max_age_s: float = 0.5,
+    consumer: str = CONSUMER,
+) -> Dataflow:
     topics = [catalog.name("md.ticks"), catalog.name("md.depth")]
     cid = cluster_id(client.admin())
     start = stored_offsets(database_url, consumer, cid)
     if start:
         log.info("resuming from committed offsets", extra={"partitions": len(start)})
     flow = Dataflow("persist")
-    records = op.input("md", flow, RecordSource(client, topics, start=start, tail=tail,
-                                               heartbeat=timedelta(seconds=max_age_s)))
-    sink: Any = MarketDataSink(database_url, consumer=consumer, cluster_id=cid, ticks_topic=topics[0],
-                               depth_topic=topics[1], max_rows=max_rows, max_age_s=max_age_s)
+    records = op.input(
+        "md", flow, RecordSource(client, topics, start=start, tail=tail, heartbeat=timedelta(seconds=max_age_s))
+    )
+    sink: Any = MarketDataSink(
+        database_url,
+        consumer=consumer,
+        cluster_id=cid,
+        ticks_topic=topics[0],
+        depth_topic=topics[1],
+        max_rows=max_rows,
+        max_age_s=max_age_s,
+    )
     op.output("postgres", records, sink)
     return flow
 
@@ -45,8 +61,13 @@ def _flow_from_env() -> Dataflow:
 
     ctx = flow_context("persist")
     s = ctx.settings
-    return build(ctx.kafka, ctx.catalog, ctx.endpoints.database_url, max_rows=s.persist_batch_rows,
-                 max_age_s=s.persist_batch_ms / 1000)
+    return build(
+        ctx.kafka,
+        ctx.catalog,
+        ctx.endpoints.database_url,
+        max_rows=s.persist_batch_rows,
+        max_age_s=s.persist_batch_ms / 1000,
+    )
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -28,15 +28,19 @@ def endpoints(settings: Settings) -> Endpoints:
     cluster = None
     if bootstrap is None:
         if state.broker is None:
-            msg = (f"no Kafka broker: TICKTAPE_KAFKA_BOOTSTRAP is unset and no embedded broker runs under "
-                   f"{settings.home_dir} (start one with `ticktape services start` or `ticktape up`)")
+            msg = (
+                f"no Kafka broker: TICKTAPE_KAFKA_BOOTSTRAP is unset and no embedded broker runs under "
+                f"{settings.home_dir} (start one with `ticktape services start` or `ticktape up`)"
+            )
             raise ConfigError(msg)
         bootstrap, cluster = state.broker.bootstrap, state.broker.cluster_id
     dsn = settings.database_url
     if dsn is None:
         if state.postgres is None:
-            msg = (f"no database: TICKTAPE_DATABASE_URL is unset and no embedded PostgreSQL runs under "
-                   f"{settings.home_dir} (start one with `ticktape services start` or `ticktape up`)")
+            msg = (
+                f"no database: TICKTAPE_DATABASE_URL is unset and no embedded PostgreSQL runs under "
+                f"{settings.home_dir} (start one with `ticktape services start` or `ticktape up`)"
+            )
             raise ConfigError(msg)
         dsn = state.postgres.url
     return Endpoints(bootstrap=bootstrap, database_url=dsn, cluster_id=cluster)

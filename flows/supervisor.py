@@ -46,8 +46,15 @@ def flow_argv(module: str) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, home: Path, specs: list[ChildSpec], *, backoff_max: float = 30.0, restart_limit: int = 5,
-                 stop_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        home: Path,
+        specs: list[ChildSpec],
+        *,
+        backoff_max: float = 30.0,
+        restart_limit: int = 5,
+        stop_timeout: float = 30.0,
+    ) -> None:
         self.home = home
         self.children = [_Child(spec=s, status=FlowStatus(name=s.name, state="starting")) for s in specs]
         self.backoff_max, self.restart_limit, self.stop_timeout = backoff_max, restart_limit, stop_timeout
@@ -62,8 +69,9 @@ class Supervisor:
         logdir.mkdir(parents=True, exist_ok=True)
         # Children log to our stderr (one terminal) and are in their own session: Ctrl-C
         # reaches only us, and we stop them in order.
-        c.proc = subprocess.Popen(c.spec.argv, env=c.spec.env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                  preexec_fn=die_with_parent)
+        c.proc = subprocess.Popen(
+            c.spec.argv, env=c.spec.env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+        )
         c.status.pid, c.status.started_at = c.proc.pid, time.time()
         c.status.state, c.status.detail = "running", ""
         log.info("started %s", c.spec.name, extra={"pid": c.proc.pid})
@@ -91,8 +99,10 @@ class Supervisor:
             c.status.restarts += 1
             if len(c.deaths) > self.restart_limit:
                 c.status.state, c.status.detail = "failed", f"exited with {rc}; restart limit reached"
-                self.failure = (f"{c.spec.name} exited with code {rc} and died {len(c.deaths)} times within 5 "
-                                f"minutes; stopping the whole stack (see the log above)")
+                self.failure = (
+                    f"{c.spec.name} exited with code {rc} and died {len(c.deaths)} times within 5 "
+                    f"minutes; stopping the whole stack (see the log above)"
+                )
                 self._publish()
                 return
             delay = min(self.backoff_max, 2.0 ** (len(c.deaths) - 1))
@@ -103,6 +113,7 @@ class Supervisor:
 
     def run(self, on_tick: object = None) -> int:
         """Supervise until a signal or a fatal failure; returns the exit code."""
+
         def _stop(signum: int, _frame: object) -> None:
             log.info("%s received: stopping", signal.Signals(signum).name)
             self.stopping.set()

@@ -52,8 +52,9 @@ class TickValidator:
                 return RejectReason.NON_FINITE, f"ltp={ltp} bid={bid} ask={ask} must be finite"
             return RejectReason.NON_POSITIVE_PRICE, f"ltp={ltp} must be > 0"
         if (t.last_qty | t.volume | t.oi | t.bid_qty | t.ask_qty) < 0:  # any negative int sets the sign bit
-            return RejectReason.NEGATIVE_QUANTITY, (f"last_qty={t.last_qty} volume={t.volume} oi={t.oi} "
-                                                    f"bid_qty={t.bid_qty} ask_qty={t.ask_qty} must be >= 0")
+            return RejectReason.NEGATIVE_QUANTITY, (
+                f"last_qty={t.last_qty} volume={t.volume} oi={t.oi} bid_qty={t.bid_qty} ask_qty={t.ask_qty} must be >= 0"
+            )
         if bid > 0 and ask > 0 and bid > ask:
             return RejectReason.CROSSED_BOOK, f"bid={bid} > ask={ask}"
         day = (t.ts_event + _IST_OFFSET_NS) // _DAY_NS  # cumulative volume restarts every trading day

@@ -63,8 +63,9 @@ def _norm_cdf(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.sign(x) * erf)
 
 
-def black_scholes(spot: np.ndarray, strike: np.ndarray, t_years: np.ndarray, vol: np.ndarray,
-                  is_call: np.ndarray) -> np.ndarray:
+def black_scholes(
+    spot: np.ndarray, strike: np.ndarray, t_years: np.ndarray, vol: np.ndarray, is_call: np.ndarray
+) -> np.ndarray:
     sq = vol * np.sqrt(t_years)
     d1 = (np.log(spot / strike) + (RATE + 0.5 * vol * vol) * t_years) / sq
     d2 = d1 - sq
@@ -122,8 +123,7 @@ class _Static:
     under_vol_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per-second vol of each underlying
 
 
-_KIND = {InstrumentType.INDEX: 0, InstrumentType.EQ: 1, InstrumentType.FUT: 2, InstrumentType.CE: 3,
-         InstrumentType.PE: 4}
+_KIND = {InstrumentType.INDEX: 0, InstrumentType.EQ: 1, InstrumentType.FUT: 2, InstrumentType.CE: 3, InstrumentType.PE: 4}
 
 
 class MarketSimulator:
@@ -138,8 +138,17 @@ class MarketSimulator:
     (True, 0)
     """
 
-    def __init__(self, instruments: list[Instrument], *, all_instruments: list[Instrument], seed: int,
-                 group: int, day: date, bad_tick_rate: float = 0.0, state: SimState | None = None) -> None:
+    def __init__(
+        self,
+        instruments: list[Instrument],
+        *,
+        all_instruments: list[Instrument],
+        seed: int,
+        group: int,
+        day: date,
+        bad_tick_rate: float = 0.0,
+        state: SimState | None = None,
+    ) -> None:
         self.group = group
         self.bad_tick_rate = bad_tick_rate
         self._s = self._static(instruments, all_instruments)
@@ -148,17 +157,29 @@ class MarketSimulator:
         self._under_rng = under_rng
         if state is None:
             n = len(instruments)
-            under_price = np.array([next(i.last_price for i in all_instruments if i.instrument == k)
-                                    for k in self._s.unders], dtype=float)
+            under_price = np.array(
+                [next(i.last_price for i in all_instruments if i.instrument == k) for k in self._s.unders], dtype=float
+            )
             price = np.array([i.last_price for i in instruments], dtype=float)
-            state = SimState(day=day, step=0, rng_state=self._rng.bit_generator.state,
-                             under_rng_state=under_rng.bit_generator.state, under_price=under_price,
-                             price=price, volume=np.zeros(n, dtype=np.int64),
-                             oi=np.where(self._s.kind >= 2, self._s.lot * 2000, 0).astype(np.int64),
-                             seq=np.zeros(n, dtype=np.int64), last_ts=np.zeros(n, dtype=np.int64))
+            state = SimState(
+                day=day,
+                step=0,
+                rng_state=self._rng.bit_generator.state,
+                under_rng_state=under_rng.bit_generator.state,
+                under_price=under_price,
+                price=price,
+                volume=np.zeros(n, dtype=np.int64),
+                oi=np.where(self._s.kind >= 2, self._s.lot * 2000, 0).astype(np.int64),
+                seq=np.zeros(n, dtype=np.int64),
+                last_ts=np.zeros(n, dtype=np.int64),
+            )
             self.state = state
-            self._derive_prices(np.full(n, session_open_ns(day)), np.repeat(state.under_price[None, :], n, 0)
-                                if len(self._s.unders) else np.zeros((n, 0)), np.arange(n), init=True)
+            self._derive_prices(
+                np.full(n, session_open_ns(day)),
+                np.repeat(state.under_price[None, :], n, 0) if len(self._s.unders) else np.zeros((n, 0)),
+                np.arange(n),
+                init=True,
+            )
         else:
             self.state = state
             self._rng.bit_generator.state = state.rng_state
@@ -173,22 +194,44 @@ class MarketSimulator:
         stock_vol = {f"NSE:{s}": v for s, _p, v in STOCKS}
         n = len(instruments)
         kind = np.array([_KIND[i.instrument_type] for i in instruments], dtype=np.int8)
-        under_idx = np.array([unders.index(i.instrument) if i.instrument_type is InstrumentType.INDEX
-                              else unders.index(i.underlying) if i.underlying in unders else -1
-                              for i in instruments], dtype=np.int64)
+        under_idx = np.array(
+            [
+                unders.index(i.instrument)
+                if i.instrument_type is InstrumentType.INDEX
+                else unders.index(i.underlying)
+                if i.underlying in unders
+                else -1
+                for i in instruments
+            ],
+            dtype=np.int64,
+        )
         annual = np.array([vols.get(i.instrument, stock_vol.get(i.instrument, 0.25)) for i in instruments])
         rate = np.select([kind == 0, kind == 1, kind == 2], [1.0, 2.0, 3.0], 1.2)
         spread = np.select([kind == 0, kind == 1, kind == 2], [1, 1, 2], 2).astype(np.int64)
-        expiry_ns = np.array([int(datetime.combine(date.fromisoformat(i.expiry), SESSION_CLOSE, IST)
-                                  .astimezone(UTC).timestamp() * 1e9) if i.expiry else 0 for i in instruments],
-                             dtype=np.int64)
-        return _Static(instruments=instruments, keys=[i.instrument for i in instruments], kind=kind,
-                       tick=np.array([i.tick_size for i in instruments]),
-                       lot=np.array([max(i.lot_size, 1) for i in instruments], dtype=np.int64),
-                       vol_s=annual / math.sqrt(_YEAR_S), rate=rate[:n], spread_ticks=spread,
-                       under_idx=under_idx, strike=np.array([i.strike or 0.0 for i in instruments]),
-                       expiry_ns=expiry_ns, unders=unders,
-                       under_vol_s=np.array([vols.get(k, 0.15) for k in unders]) / math.sqrt(_YEAR_S))
+        expiry_ns = np.array(
+            [
+                int(datetime.combine(date.fromisoformat(i.expiry), SESSION_CLOSE, IST).astimezone(UTC).timestamp() * 1e9)
+                if i.expiry
+                else 0
+                for i in instruments
+            ],
+            dtype=np.int64,
+        )
+        return _Static(
+            instruments=instruments,
+            keys=[i.instrument for i in instruments],
+            kind=kind,
+            tick=np.array([i.tick_size for i in instruments]),
+            lot=np.array([max(i.lot_size, 1) for i in instruments], dtype=np.int64),
+            vol_s=annual / math.sqrt(_YEAR_S),
+            rate=rate[:n],
+            spread_ticks=spread,
+            under_idx=under_idx,
+            strike=np.array([i.strike or 0.0 for i in instruments]),
+            expiry_ns=expiry_ns,
+            unders=unders,
+            under_vol_s=np.array([vols.get(k, 0.15) for k in unders]) / math.sqrt(_YEAR_S),
+        )
 
     # ------------------------------------------------------------------ pricing
 
@@ -307,11 +350,34 @@ class MarketSimulator:
         seq_run = running(st.seq, np.ones(n, dtype=np.int64))
         keys = s.keys
         ticks = [
-            Tick(instrument=keys[i], ts_event=t, ts_init=t, seq=q, ltp=p, last_qty=lq, volume=v, oi=o, bid=b, ask=a,
-                 bid_qty=bq, ask_qty=aq)
+            Tick(
+                instrument=keys[i],
+                ts_event=t,
+                ts_init=t,
+                seq=q,
+                ltp=p,
+                last_qty=lq,
+                volume=v,
+                oi=o,
+                bid=b,
+                ask=a,
+                bid_qty=bq,
+                ask_qty=aq,
+            )
             for i, t, q, p, lq, v, o, b, a, bq, aq in zip(
-                idx.tolist(), ts.tolist(), seq_run.tolist(), price.tolist(), qty.tolist(), vol_run.tolist(),
-                oi_run.tolist(), bid.tolist(), ask.tolist(), bid_qty.tolist(), ask_qty.tolist(), strict=True)
+                idx.tolist(),
+                ts.tolist(),
+                seq_run.tolist(),
+                price.tolist(),
+                qty.tolist(),
+                vol_run.tolist(),
+                oi_run.tolist(),
+                bid.tolist(),
+                ask.tolist(),
+                bid_qty.tolist(),
+                ask_qty.tolist(),
+                strict=True,
+            )
         ]
         if n:
             last = np.flatnonzero(np.append(idx[1:] != idx[:-1], True))
@@ -355,9 +421,17 @@ class MarketSimulator:
             bids = tuple(map(level, bp, q[:5], o[:5]))
             if bp[4] <= 0:  # deep levels of a near-zero option would be non-positive: omit them
                 bids = tuple(b for b in bids if b.price > 0)
-            out.append(DepthSnapshot(instrument=t.instrument, ts_event=t.ts_event, ts_init=t.ts_init, bids=bids,
-                                     asks=tuple(map(level, ask_px[r], q[5:], o[5:])), total_bid_qty=tot_bid[r],
-                                     total_ask_qty=tot_ask[r]))
+            out.append(
+                DepthSnapshot(
+                    instrument=t.instrument,
+                    ts_event=t.ts_event,
+                    ts_init=t.ts_init,
+                    bids=bids,
+                    asks=tuple(map(level, ask_px[r], q[5:], o[5:])),
+                    total_bid_qty=tot_bid[r],
+                    total_ask_qty=tot_ask[r],
+                )
+            )
         return out
 
     def _bad_ticks(self, t0: int) -> list[tuple[str, dict]]:
@@ -367,14 +441,25 @@ class MarketSimulator:
         out = []
         for _ in range(k):
             i = int(rng.integers(0, len(s.keys)))
-            defect = ("non_positive_price", "non_finite", "volume_backwards", "unknown_instrument",
-                      "malformed")[int(rng.integers(0, 5))]
+            defect = ("non_positive_price", "non_finite", "volume_backwards", "unknown_instrument", "malformed")[
+                int(rng.integers(0, 5))
+            ]
             p = float(self.state.price[i])
             # Stamped at the end of the step, after every valid tick of it, so "volume backwards"
             # is backwards relative to what the validator has seen.
-            raw = {"instrument": s.keys[i], "ts_event": t0 + STEP_NS - 1 - int(rng.integers(0, 1000)), "seq": -1,
-                   "ltp": p, "last_qty": 1, "volume": int(self.state.volume[i]), "oi": int(self.state.oi[i]),
-                   "bid": p, "ask": p + float(s.tick[i]), "bid_qty": 1, "ask_qty": 1}
+            raw = {
+                "instrument": s.keys[i],
+                "ts_event": t0 + STEP_NS - 1 - int(rng.integers(0, 1000)),
+                "seq": -1,
+                "ltp": p,
+                "last_qty": 1,
+                "volume": int(self.state.volume[i]),
+                "oi": int(self.state.oi[i]),
+                "bid": p,
+                "ask": p + float(s.tick[i]),
+                "bid_qty": 1,
+                "ask_qty": 1,
+            }
             raw["ts_init"] = raw["ts_event"]
             if defect == "non_positive_price":
                 raw["ltp"] = -abs(p)

@@ -47,25 +47,66 @@ INDICES = (
 
 # (symbol, reference price, annual volatility): liquid NSE names, prices of the right order.
 STOCKS = (
-    ("RELIANCE", 1285.0, 0.24), ("HDFCBANK", 1720.0, 0.20), ("ICICIBANK", 1290.0, 0.22),
-    ("INFY", 1890.0, 0.25), ("TCS", 4150.0, 0.21), ("BHARTIARTL", 1610.0, 0.23),
-    ("SBIN", 815.0, 0.27), ("ITC", 470.0, 0.19), ("LT", 3620.0, 0.24), ("HINDUNILVR", 2480.0, 0.18),
-    ("KOTAKBANK", 1760.0, 0.22), ("AXISBANK", 1140.0, 0.25), ("BAJFINANCE", 6950.0, 0.30),
-    ("MARUTI", 11200.0, 0.24), ("ASIANPAINT", 2460.0, 0.22), ("SUNPHARMA", 1810.0, 0.23),
-    ("TITAN", 3320.0, 0.25), ("ULTRACEMCO", 11400.0, 0.23), ("NTPC", 365.0, 0.26),
-    ("POWERGRID", 322.0, 0.24), ("TATAMOTORS", 780.0, 0.33), ("TATASTEEL", 148.0, 0.32),
-    ("M&M", 2950.0, 0.28), ("WIPRO", 560.0, 0.26), ("HCLTECH", 1880.0, 0.24), ("ONGC", 262.0, 0.29),
-    ("COALINDIA", 410.0, 0.28), ("ADANIENT", 2450.0, 0.40), ("ADANIPORTS", 1230.0, 0.35),
-    ("JSWSTEEL", 960.0, 0.29), ("GRASIM", 2580.0, 0.24), ("TECHM", 1690.0, 0.27),
-    ("HINDALCO", 640.0, 0.31), ("BAJAJFINSV", 1640.0, 0.26), ("NESTLEIND", 2240.0, 0.17),
-    ("CIPLA", 1480.0, 0.22), ("DRREDDY", 1260.0, 0.23), ("EICHERMOT", 4890.0, 0.26),
-    ("HEROMOTOCO", 4620.0, 0.25), ("BRITANNIA", 4960.0, 0.20), ("DIVISLAB", 5880.0, 0.26),
-    ("APOLLOHOSP", 7050.0, 0.27), ("BPCL", 292.0, 0.30), ("INDUSINDBK", 980.0, 0.34),
-    ("SBILIFE", 1450.0, 0.22), ("HDFCLIFE", 640.0, 0.23), ("TATACONSUM", 930.0, 0.24),
-    ("SHRIRAMFIN", 3010.0, 0.31), ("TRENT", 6900.0, 0.35), ("BEL", 290.0, 0.32),
-    ("DLF", 820.0, 0.33), ("IRCTC", 790.0, 0.28), ("ZOMATO", 245.0, 0.42), ("VEDL", 455.0, 0.35),
-    ("PNB", 102.0, 0.34), ("BANKBARODA", 238.0, 0.32), ("CANBK", 101.0, 0.34), ("GAIL", 198.0, 0.29),
-    ("IOC", 138.0, 0.29), ("HAL", 4350.0, 0.36),
+    ("RELIANCE", 1285.0, 0.24),
+    ("HDFCBANK", 1720.0, 0.20),
+    ("ICICIBANK", 1290.0, 0.22),
+    ("INFY", 1890.0, 0.25),
+    ("TCS", 4150.0, 0.21),
+    ("BHARTIARTL", 1610.0, 0.23),
+    ("SBIN", 815.0, 0.27),
+    ("ITC", 470.0, 0.19),
+    ("LT", 3620.0, 0.24),
+    ("HINDUNILVR", 2480.0, 0.18),
+    ("KOTAKBANK", 1760.0, 0.22),
+    ("AXISBANK", 1140.0, 0.25),
+    ("BAJFINANCE", 6950.0, 0.30),
+    ("MARUTI", 11200.0, 0.24),
+    ("ASIANPAINT", 2460.0, 0.22),
+    ("SUNPHARMA", 1810.0, 0.23),
+    ("TITAN", 3320.0, 0.25),
+    ("ULTRACEMCO", 11400.0, 0.23),
+    ("NTPC", 365.0, 0.26),
+    ("POWERGRID", 322.0, 0.24),
+    ("TATAMOTORS", 780.0, 0.33),
+    ("TATASTEEL", 148.0, 0.32),
+    ("M&M", 2950.0, 0.28),
+    ("WIPRO", 560.0, 0.26),
+    ("HCLTECH", 1880.0, 0.24),
+    ("ONGC", 262.0, 0.29),
+    ("COALINDIA", 410.0, 0.28),
+    ("ADANIENT", 2450.0, 0.40),
+    ("ADANIPORTS", 1230.0, 0.35),
+    ("JSWSTEEL", 960.0, 0.29),
+    ("GRASIM", 2580.0, 0.24),
+    ("TECHM", 1690.0, 0.27),
+    ("HINDALCO", 640.0, 0.31),
+    ("BAJAJFINSV", 1640.0, 0.26),
+    ("NESTLEIND", 2240.0, 0.17),
+    ("CIPLA", 1480.0, 0.22),
+    ("DRREDDY", 1260.0, 0.23),
+    ("EICHERMOT", 4890.0, 0.26),
+    ("HEROMOTOCO", 4620.0, 0.25),
+    ("BRITANNIA", 4960.0, 0.20),
+    ("DIVISLAB", 5880.0, 0.26),
+    ("APOLLOHOSP", 7050.0, 0.27),
+    ("BPCL", 292.0, 0.30),
+    ("INDUSINDBK", 980.0, 0.34),
+    ("SBILIFE", 1450.0, 0.22),
+    ("HDFCLIFE", 640.0, 0.23),
+    ("TATACONSUM", 930.0, 0.24),
+    ("SHRIRAMFIN", 3010.0, 0.31),
+    ("TRENT", 6900.0, 0.35),
+    ("BEL", 290.0, 0.32),
+    ("DLF", 820.0, 0.33),
+    ("IRCTC", 790.0, 0.28),
+    ("ZOMATO", 245.0, 0.42),
+    ("VEDL", 455.0, 0.35),
+    ("PNB", 102.0, 0.34),
+    ("BANKBARODA", 238.0, 0.32),
+    ("CANBK", 101.0, 0.34),
+    ("GAIL", 198.0, 0.29),
+    ("IOC", 138.0, 0.29),
+    ("HAL", 4350.0, 0.36),
 )
 
 
@@ -114,27 +155,62 @@ def build_universe(day: date, size: int = 500) -> list[Instrument]:
     out: list[Instrument] = []
     for u in INDICES:
         token, etok = tok.take("INDICES")
-        out.append(Instrument(instrument=u.key, instrument_token=token, exchange_token=etok,
-                              tradingsymbol=u.tradingsymbol, name=u.name, exchange="NSE", segment="INDICES",
-                              instrument_type=InstrumentType.INDEX, tick_size=0.05, lot_size=0,
-                              last_price=u.price))
+        out.append(
+            Instrument(
+                instrument=u.key,
+                instrument_token=token,
+                exchange_token=etok,
+                tradingsymbol=u.tradingsymbol,
+                name=u.name,
+                exchange="NSE",
+                segment="INDICES",
+                instrument_type=InstrumentType.INDEX,
+                tick_size=0.05,
+                lot_size=0,
+                last_price=u.price,
+            )
+        )
     mexp = monthly_expiry(day)
     for u in INDICES:
         sym = f"{u.name}{mexp.strftime('%y')}{_MONTHS[mexp.month - 1]}FUT"
         token, etok = tok.take("NFO")
-        out.append(Instrument(instrument=f"NFO:{sym}", instrument_token=token, exchange_token=etok,
-                              tradingsymbol=sym, name=u.name, exchange="NFO", segment="NFO-FUT",
-                              instrument_type=InstrumentType.FUT, tick_size=0.05, lot_size=u.lot_size,
-                              expiry=mexp.isoformat(), underlying=u.key, freeze_qty=u.freeze_qty,
-                              last_price=u.price))
+        out.append(
+            Instrument(
+                instrument=f"NFO:{sym}",
+                instrument_token=token,
+                exchange_token=etok,
+                tradingsymbol=sym,
+                name=u.name,
+                exchange="NFO",
+                segment="NFO-FUT",
+                instrument_type=InstrumentType.FUT,
+                tick_size=0.05,
+                lot_size=u.lot_size,
+                expiry=mexp.isoformat(),
+                underlying=u.key,
+                freeze_qty=u.freeze_qty,
+                last_price=u.price,
+            )
+        )
     remaining = size - len(out)
     n_stocks = min(len(STOCKS), max(remaining // 3, 1), remaining)
     for sym, price, _vol in STOCKS[:n_stocks]:
         token, etok = tok.take("NSE")
-        out.append(Instrument(instrument=f"NSE:{sym}", instrument_token=token, exchange_token=etok,
-                              tradingsymbol=sym, name=sym, exchange="NSE", segment="NSE",
-                              instrument_type=InstrumentType.EQ, tick_size=0.05 if price > 250 else 0.01,
-                              lot_size=1, last_price=price))
+        out.append(
+            Instrument(
+                instrument=f"NSE:{sym}",
+                instrument_token=token,
+                exchange_token=etok,
+                tradingsymbol=sym,
+                name=sym,
+                exchange="NSE",
+                segment="NSE",
+                instrument_type=InstrumentType.EQ,
+                tick_size=0.05 if price > 250 else 0.01,
+                lot_size=1,
+                last_price=price,
+            )
+        )
     n_opts = size - len(out)
     # Strike pairs (CE+PE) alternate between the two chains, NIFTY first, nearest the money first.
     chains = [(INDICES[0], weekly_expiry(day), True), (INDICES[1], mexp, False)]
@@ -150,18 +226,43 @@ def build_universe(day: date, size: int = 500) -> list[Instrument]:
                     break
                 sym = _option_symbol(u.name, exp, strike, kind, weekly)
                 token, etok = tok.take("NFO")
-                out.append(Instrument(instrument=f"NFO:{sym}", instrument_token=token, exchange_token=etok,
-                                      tradingsymbol=sym, name=u.name, exchange="NFO", segment="NFO-OPT",
-                                      instrument_type=InstrumentType(kind), tick_size=0.05,
-                                      lot_size=u.lot_size, expiry=exp.isoformat(), strike=float(strike),
-                                      underlying=u.key, freeze_qty=u.freeze_qty))
+                out.append(
+                    Instrument(
+                        instrument=f"NFO:{sym}",
+                        instrument_token=token,
+                        exchange_token=etok,
+                        tradingsymbol=sym,
+                        name=u.name,
+                        exchange="NFO",
+                        segment="NFO-OPT",
+                        instrument_type=InstrumentType(kind),
+                        tick_size=0.05,
+                        lot_size=u.lot_size,
+                        expiry=exp.isoformat(),
+                        strike=float(strike),
+                        underlying=u.key,
+                        freeze_qty=u.freeze_qty,
+                    )
+                )
                 made += 1
         ring += 1
     return out
 
 
-KITE_COLUMNS = ("instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
-                "strike", "tick_size", "lot_size", "instrument_type", "segment", "exchange")
+KITE_COLUMNS = (
+    "instrument_token",
+    "exchange_token",
+    "tradingsymbol",
+    "name",
+    "last_price",
+    "expiry",
+    "strike",
+    "tick_size",
+    "lot_size",
+    "instrument_type",
+    "segment",
+    "exchange",
+)
 
 
 def to_kite_csv(instruments: list[Instrument]) -> str:
@@ -171,6 +272,20 @@ def to_kite_csv(instruments: list[Instrument]) -> str:
     w.writerow(KITE_COLUMNS)
     for i in instruments:
         kind = "EQ" if i.instrument_type is InstrumentType.INDEX else i.instrument_type.value
-        w.writerow([i.instrument_token, i.exchange_token, i.tradingsymbol, i.name, i.last_price,
-                    i.expiry or "", i.strike or 0, i.tick_size, i.lot_size, kind, i.segment, i.exchange])
+        w.writerow(
+            [
+                i.instrument_token,
+                i.exchange_token,
+                i.tradingsymbol,
+                i.name,
+                i.last_price,
+                i.expiry or "",
+                i.strike or 0,
+                i.tick_size,
+                i.lot_size,
+                kind,
+                i.segment,
+                i.exchange,
+            ]
+        )
     return buf.getvalue()

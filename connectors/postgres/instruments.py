@@ -20,9 +20,26 @@ ON CONFLICT (symbol) DO UPDATE SET instrument_token = EXCLUDED.instrument_token,
 
 
 def upsert_instruments(conn: psycopg.Connection, instruments: Iterable[Instrument]) -> int:
-    rows = [(i.instrument, i.instrument_token, i.exchange_token, i.tradingsymbol, i.name, i.exchange, i.segment,
-             i.instrument_type.value, i.tick_size, i.lot_size, i.expiry, i.strike, i.underlying, i.freeze_qty,
-             i.last_price) for i in instruments]
+    rows = [
+        (
+            i.instrument,
+            i.instrument_token,
+            i.exchange_token,
+            i.tradingsymbol,
+            i.name,
+            i.exchange,
+            i.segment,
+            i.instrument_type.value,
+            i.tick_size,
+            i.lot_size,
+            i.expiry,
+            i.strike,
+            i.underlying,
+            i.freeze_qty,
+            i.last_price,
+        )
+        for i in instruments
+    ]
     with conn.transaction():
         conn.cursor().executemany(_UPSERT, rows)
     return len(rows)

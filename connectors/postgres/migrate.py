@@ -81,14 +81,18 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
         for mig in discover():
             if mig.version in applied:
                 if applied[mig.version][0] != mig.checksum:
-                    msg = (f"migration {mig.version:04d}_{mig.name} changed after it was applied; "
-                           "add a new migration instead of editing an applied one")
+                    msg = (
+                        f"migration {mig.version:04d}_{mig.name} changed after it was applied; "
+                        "add a new migration instead of editing an applied one"
+                    )
                     raise MigrationError(msg)
                 continue
             with conn.transaction():
                 conn.execute(mig.sql)  # type: ignore[arg-type]  # trusted file, several statements
-                conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                             (mig.version, mig.name, mig.checksum))
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (mig.version, mig.name, mig.checksum),
+                )
             done.append(mig)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
@@ -122,8 +126,7 @@ def apply_retention(conn: psycopg.Connection) -> dict[str, int]:
     deleted: dict[str, int] = {}
     policies = conn.execute("SELECT table_name, time_column, keep FROM retention_policies ORDER BY 1").fetchall()
     for table, column, keep in policies:
-        query = sql.SQL("DELETE FROM {} WHERE {} < NOW() - %s").format(
-            sql.Identifier(table), sql.Identifier(column))
+        query = sql.SQL("DELETE FROM {} WHERE {} < NOW() - %s").format(sql.Identifier(table), sql.Identifier(column))
         cur = conn.execute(query, (keep,))
         deleted[table] = cur.rowcount
     return deleted

@@ -63,14 +63,17 @@ def _ts(ns: int) -> datetime:
 def stored_offsets(url: str, consumer: str, cluster_id: str) -> dict[tuple[str, int], int]:
     """Offsets committed with the rows, if they belong to this broker incarnation."""
     with connect(url, autocommit=True) as conn:
-        rows = conn.execute("SELECT topic, partition, next_offset FROM kafka_offsets WHERE consumer = %s "
-                            "AND cluster_id = %s", (consumer, cluster_id)).fetchall()
+        rows = conn.execute(
+            "SELECT topic, partition, next_offset FROM kafka_offsets WHERE consumer = %s AND cluster_id = %s",
+            (consumer, cluster_id),
+        ).fetchall()
     return {(t, p): o for t, p, o in rows}
 
 
 class _MarketDataPartition(StatelessSinkPartition[Record]):
-    def __init__(self, url: str, consumer: str, cluster_id: str, ticks_topic: str, depth_topic: str,
-                 max_rows: int, max_age_s: float) -> None:
+    def __init__(
+        self, url: str, consumer: str, cluster_id: str, ticks_topic: str, depth_topic: str, max_rows: int, max_age_s: float
+    ) -> None:
         self._url, self._consumer, self._cluster = url, consumer, cluster_id
         self._ticks_topic, self._depth_topic = ticks_topic, depth_topic
         self._max_rows, self._max_age = max_rows, max_age_s
@@ -87,8 +90,9 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
             if rec is HEARTBEAT or rec.partition < 0:
                 continue
             self._add(rec)
-        if self._oldest is not None and (len(self._ticks) + len(self._depth) >= self._max_rows
-                                         or time.monotonic() - self._oldest >= self._max_age):
+        if self._oldest is not None and (
+            len(self._ticks) + len(self._depth) >= self._max_rows or time.monotonic() - self._oldest >= self._max_age
+        ):
             self.flush()
 
     def _add(self, rec: Record) -> None:
@@ -98,18 +102,39 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
             self._oldest = time.monotonic()
         try:
             if rec.topic == self._ticks_topic:
-                t = self._tick_codec.decode(rec.value or b"", topic=rec.topic, partition=rec.partition,
-                                            offset=rec.offset)
-                self._ticks.append((_ts(t.ts_event), t.instrument, t.seq, t.ltp, t.last_qty, t.volume, t.oi,
-                                    t.bid, t.ask, t.bid_qty, t.ask_qty))
+                t = self._tick_codec.decode(rec.value or b"", topic=rec.topic, partition=rec.partition, offset=rec.offset)
+                self._ticks.append(
+                    (
+                        _ts(t.ts_event),
+                        t.instrument,
+                        t.seq,
+                        t.ltp,
+                        t.last_qty,
+                        t.volume,
+                        t.oi,
+                        t.bid,
+                        t.ask,
+                        t.bid_qty,
+                        t.ask_qty,
+                    )
+                )
                 self._newest_ns = max(self._newest_ns, t.ts_event)
             else:
-                d = self._depth_codec.decode(rec.value or b"", topic=rec.topic, partition=rec.partition,
-                                             offset=rec.offset)
-                self._depth.append((_ts(d.ts_event), d.instrument, [lv.price for lv in d.bids],
-                                    [lv.qty for lv in d.bids], [lv.orders for lv in d.bids],
-                                    [lv.price for lv in d.asks], [lv.qty for lv in d.asks],
-                                    [lv.orders for lv in d.asks], d.total_bid_qty, d.total_ask_qty))
+                d = self._depth_codec.decode(rec.value or b"", topic=rec.topic, partition=rec.partition, offset=rec.offset)
+                self._depth.append(
+                    (
+                        _ts(d.ts_event),
+                        d.instrument,
+                        [lv.price for lv in d.bids],
+                        [lv.qty for lv in d.bids],
+                        [lv.orders for lv in d.bids],
+                        [lv.price for lv in d.asks],
+                        [lv.qty for lv in d.asks],
+                        [lv.orders for lv in d.asks],
+                        d.total_bid_qty,
+                        d.total_ask_qty,
+                    )
+                )
         except DecodeError as exc:
             # Ingest validated every record; a bad one here is a bug upstream. Counted and
             # logged with its coordinates; the record stays in the topic for inspection.
@@ -126,9 +151,12 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
                 break
             except psycopg.OperationalError as exc:  # connection lost, server restarting, ...
                 FAILURES.inc()
-                log.warning("PostgreSQL unavailable (%s); retrying batch of %d rows in %.1fs",
-                            str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__,
-                            len(self._ticks) + len(self._depth), delay)
+                log.warning(
+                    "PostgreSQL unavailable (%s); retrying batch of %d rows in %.1fs",
+                    str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__,
+                    len(self._ticks) + len(self._depth),
+                    delay,
+                )
                 self._close_conn()
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -146,8 +174,10 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
             self._conn.commit()
         conn = self._conn
         with conn.transaction():
-            for stage, rows, merge in (("stage_ticks", self._ticks, _TICK_MERGE),
-                                       ("stage_depth", self._depth, _DEPTH_MERGE)):
+            for stage, rows, merge in (
+                ("stage_ticks", self._ticks, _TICK_MERGE),
+                ("stage_depth", self._depth, _DEPTH_MERGE),
+            ):
                 if not rows:
                     continue
                 with conn.cursor().copy(f"COPY {stage} FROM STDIN") as cp:  # type: ignore[arg-type]
@@ -155,16 +185,16 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
                         cp.write_row(row)
                 self._report_unknown(conn, stage)
                 conn.execute(merge)
-            conn.cursor().executemany(_OFFSETS, [(self._consumer, t, p, self._cluster, o)
-                                                 for (t, p), o in self._offsets.items()])
+            conn.cursor().executemany(
+                _OFFSETS, [(self._consumer, t, p, self._cluster, o) for (t, p), o in self._offsets.items()]
+            )
 
     @staticmethod
     def _report_unknown(conn: psycopg.Connection, stage: str) -> None:
         rows = conn.execute(_UNKNOWN.format(stage=stage)).fetchall()  # type: ignore[arg-type]
         for (symbol,) in rows:
             SKIPPED.labels("unknown_instrument").inc()
-            log.error("instrument missing from the instruments table; its rows are not stored",
-                      extra={"instrument": symbol})
+            log.error("instrument missing from the instruments table; its rows are not stored", extra={"instrument": symbol})
 
     def _close_conn(self) -> None:
         if self._conn is not None:
@@ -180,8 +210,17 @@ class _MarketDataPartition(StatelessSinkPartition[Record]):
 class MarketDataSink(DynamicSink[Record]):
     """Writes ``md.ticks`` and ``md.depth`` records to ``tick_data`` / ``order_book_snapshots``."""
 
-    def __init__(self, url: str, *, consumer: str, cluster_id: str, ticks_topic: str, depth_topic: str,
-                 max_rows: int = 20_000, max_age_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer: str,
+        cluster_id: str,
+        ticks_topic: str,
+        depth_topic: str,
+        max_rows: int = 20_000,
+        max_age_s: float = 0.5,
+    ) -> None:
         self._args = (url, consumer, cluster_id, ticks_topic, depth_topic, max_rows, max_age_s)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _MarketDataPartition:

@@ -55,16 +55,26 @@ def _run_ingest(kafka: KafkaClientConfig, home: Path, processes: int) -> tuple[f
     catalog = load_catalog().scoped(prefix)
     admin = kafka.admin()
     create_topics(admin, catalog)
-    env = {**os.environ, "TICKTAPE_HOME": str(home), "TICKTAPE_KAFKA_BOOTSTRAP": kafka.bootstrap,
-           "TICKTAPE_DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused", "TICKTAPE_TOPIC_PREFIX": prefix,
-           "TICKTAPE_SIM_SPEED": "0", "TICKTAPE_SIM_SECONDS": str(SECONDS), "TICKTAPE_SIM_DATE": DAY.isoformat(),
-           "TICKTAPE_SIM_INSTRUMENTS": str(INSTRUMENTS), "TICKTAPE_INGEST_PARTITIONS": "4",
-           "TICKTAPE_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "TICKTAPE_HOME": str(home),
+        "TICKTAPE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "TICKTAPE_DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+        "TICKTAPE_TOPIC_PREFIX": prefix,
+        "TICKTAPE_SIM_SPEED": "0",
+        "TICKTAPE_SIM_SECONDS": str(SECONDS),
+        "TICKTAPE_SIM_DATE": DAY.isoformat(),
+        "TICKTAPE_SIM_INSTRUMENTS": str(INSTRUMENTS),
+        "TICKTAPE_INGEST_PARTITIONS": "4",
+        "TICKTAPE_LOG_LEVEL": "WARNING",
+    }
     argv = [sys.executable, "-m", "bytewax.run", "flows.ingest"]
     env["TICKTAPE_INGEST_PROCESSES"] = str(processes)
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(argv, env={**env, "TICKTAPE_INGEST_SHARD": str(i)}, stderr=subprocess.PIPE)
-             for i in range(processes)]
+    procs = [
+        subprocess.Popen(argv, env={**env, "TICKTAPE_INGEST_SHARD": str(i)}, stderr=subprocess.PIPE)
+        for i in range(processes)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     elapsed = time.perf_counter() - t0
     for p, e in zip(procs, errs, strict=True):
@@ -93,11 +103,24 @@ def test_ingest_throughput(kafka: KafkaClientConfig, tmp_path: Path, processes: 
         counts.append(ticks)
         return ticks / elapsed
 
-    result = measure(f"ingest_ticks_per_s_{processes}p", unit="ticks/s", fn=one, runs=RUNS, warmup=0,
-                     baseline=_simulator_only, baseline_name="simulator alone, 1 process",
-                     target=100_000, params={"instruments": INSTRUMENTS, "market_seconds": SECONDS,
-                                             "processes": processes, "partitions": 4, "broker": "tansu (embedded)"},
-                     extra={"ticks_per_run": counts})
+    result = measure(
+        f"ingest_ticks_per_s_{processes}p",
+        unit="ticks/s",
+        fn=one,
+        runs=RUNS,
+        warmup=0,
+        baseline=_simulator_only,
+        baseline_name="simulator alone, 1 process",
+        target=100_000,
+        params={
+            "instruments": INSTRUMENTS,
+            "market_seconds": SECONDS,
+            "processes": processes,
+            "partitions": 4,
+            "broker": "tansu (embedded)",
+        },
+        extra={"ticks_per_run": counts},
+    )
     result.write()
     # Same seed, same span: every run must publish the same, non-trivial number of ticks.
     assert len(set(counts)) == 1 and counts[0] > 100_000, counts

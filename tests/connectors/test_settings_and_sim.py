@@ -67,6 +67,8 @@ def test_market_is_plausible() -> None:
 def test_instrument_master_has_kite_columns() -> None:
     csv_text = to_kite_csv(build_universe(DAY, 50))
     header = csv_text.splitlines()[0]
-    assert header == ("instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,"
-                      "lot_size,instrument_type,segment,exchange")
+    assert header == (
+        "instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,"
+        "lot_size,instrument_type,segment,exchange"
+    )
     assert len(csv_text.splitlines()) == 51

@@ -75,17 +75,20 @@ def test_persist_writes_every_tick_once_and_replay_changes_nothing(kafka, catalo
         upsert_instruments(conn, cfg.universe)
 
     def run(consumer: str) -> None:
-        run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=5000, max_age_s=0.2,
-                               consumer=consumer))
+        run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=5000, max_age_s=0.2, consumer=consumer))
 
     run("persist")
     with psycopg.connect(database_url) as conn:
         n, distinct = conn.execute("SELECT count(*), count(DISTINCT (instrument_id, seq)) FROM tick_data").fetchone()
         depth = conn.execute("SELECT count(*) FROM order_book_snapshots").fetchone()[0]
-        offsets = conn.execute("SELECT sum(next_offset) FROM kafka_offsets WHERE consumer='persist' "
-                               "AND topic = %s", (catalog.name("md.ticks"),)).fetchone()[0]
-        row = conn.execute("SELECT t.price, t.volume FROM tick_data t JOIN instruments i ON i.id = t.instrument_id "
-                           "WHERE i.symbol = %s AND t.seq = %s", (expected[0].instrument, expected[0].seq)).fetchone()
+        offsets = conn.execute(
+            "SELECT sum(next_offset) FROM kafka_offsets WHERE consumer='persist' AND topic = %s", (catalog.name("md.ticks"),)
+        ).fetchone()[0]
+        row = conn.execute(
+            "SELECT t.price, t.volume FROM tick_data t JOIN instruments i ON i.id = t.instrument_id "
+            "WHERE i.symbol = %s AND t.seq = %s",
+            (expected[0].instrument, expected[0].seq),
+        ).fetchone()
     assert n == distinct == len(expected)
     assert depth > 0
     assert offsets == len(expected)
@@ -105,6 +108,20 @@ def test_migrations_are_recorded_and_idempotent(database_url) -> None:
         assert before == after and len(after) >= 2
         assert all(s.applied_at and s.checksum_ok for s in status(conn))
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
-    assert {"instruments", "tick_data", "ohlc_candles", "order_book_snapshots", "orders", "order_history",
-            "positions", "strategies", "broker_credentials", "fills", "risk_events", "audit_log", "users",
-            "backtest_runs", "backtest_trades"} <= tables
+    assert {
+        "instruments",
+        "tick_data",
+        "ohlc_candles",
+        "order_book_snapshots",
+        "orders",
+        "order_history",
+        "positions",
+        "strategies",
+        "broker_credentials",
+        "fills",
+        "risk_events",
+        "audit_log",
+        "users",
+        "backtest_runs",
+        "backtest_trades",
+    } <= tables

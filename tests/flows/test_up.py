@@ -31,8 +31,7 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
     env.pop("TICKTAPE_KAFKA_BOOTSTRAP", None)
     env.pop("TICKTAPE_DATABASE_URL", None)
     cli = Path(sys.executable).with_name("ticktape")
-    proc = subprocess.Popen([str(cli), "up", "--demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([str(cli), "up", "--demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90
         lines = []

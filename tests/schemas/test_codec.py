@@ -13,10 +13,25 @@ from schemas import control, market, orders, risk
 from schemas.codec import DecodeError, codec_for
 from schemas.topics import CatalogError, load_catalog, parse_catalog
 
-EVENT_TYPES = [market.Instrument, market.Tick, market.DepthSnapshot, market.Candle, market.RejectedEvent,
-               orders.TargetPosition, orders.OrderUpdate, orders.Fill, orders.Position, risk.RiskRejected,
-               risk.TradingStateChanged, risk.StrategyError, control.EnableStrategy, control.DisableStrategy,
-               control.Halt, control.Resume, control.ManualOrder]
+EVENT_TYPES = [
+    market.Instrument,
+    market.Tick,
+    market.DepthSnapshot,
+    market.Candle,
+    market.RejectedEvent,
+    orders.TargetPosition,
+    orders.OrderUpdate,
+    orders.Fill,
+    orders.Position,
+    risk.RiskRejected,
+    risk.TradingStateChanged,
+    risk.StrategyError,
+    control.EnableStrategy,
+    control.DisableStrategy,
+    control.Halt,
+    control.Resume,
+    control.ManualOrder,
+]
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
@@ -41,8 +56,9 @@ def _field_strategy(tp: object) -> st.SearchStrategy:
     if tp is bool:
         return st.booleans()
     if tp == tuple[market.DepthLevel, ...]:
-        return st.lists(st.builds(market.DepthLevel, finite, st.integers(0, 10**9), st.integers(0, 10**6)),
-                        max_size=5).map(tuple)
+        return st.lists(st.builds(market.DepthLevel, finite, st.integers(0, 10**9), st.integers(0, 10**6)), max_size=5).map(
+            tuple
+        )
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return _strategy_for(tp)
     try:
@@ -67,12 +83,25 @@ def test_round_trip(tp: type) -> None:
 def test_union_topics_round_trip_every_member() -> None:
     cat = load_catalog()
     codec = codec_for(cat["ctl.commands"].value_type)
-    cmd = control.ConfigureStrategy(command_id="c1", account="paper", issued_by="op", ts_event=1, ts_init=2,
-                                    strategy="ema_crossover", params={"fast": 9, "slow": 21})
+    cmd = control.ConfigureStrategy(
+        command_id="c1",
+        account="paper",
+        issued_by="op",
+        ts_event=1,
+        ts_init=2,
+        strategy="ema_crossover",
+        params={"fast": 9, "slow": 21},
+    )
     assert codec.decode(codec.encode(cmd)) == cmd
     codec = codec_for(cat["risk.events"].value_type)
-    ev = risk.TradingStateChanged(account="paper", previous=risk.TradingState.ACTIVE,
-                                  current=risk.TradingState.HALTED, reason="kill switch", ts_event=1, ts_init=1)
+    ev = risk.TradingStateChanged(
+        account="paper",
+        previous=risk.TradingState.ACTIVE,
+        current=risk.TradingState.HALTED,
+        reason="kill switch",
+        ts_event=1,
+        ts_init=1,
+    )
     assert codec.decode(codec.encode(ev)) == ev
 
 
@@ -86,23 +115,55 @@ def test_decode_error_names_topic_partition_offset() -> None:
 
 
 def test_nan_never_round_trips_silently() -> None:
-    t = market.Tick(instrument="X", ts_event=1, ts_init=1, seq=1, ltp=math.nan, last_qty=0, volume=0, oi=0,
-                    bid=1.0, ask=1.0, bid_qty=0, ask_qty=0)
+    t = market.Tick(
+        instrument="X",
+        ts_event=1,
+        ts_init=1,
+        seq=1,
+        ltp=math.nan,
+        last_qty=0,
+        volume=0,
+        oi=0,
+        bid=1.0,
+        ask=1.0,
+        bid_qty=0,
+        ask_qty=0,
+    )
     with pytest.raises(DecodeError):  # NaN encodes as null, which a float field refuses
         codec_for(market.Tick).decode(codec_for(market.Tick).encode(t))
 
 
 def test_order_intent_rejects_long_client_order_id() -> None:
     with pytest.raises(ValueError, match="client_order_id"):
-        orders.OrderIntent(client_order_id="x" * 21, account="a", strategy="s", instrument="NSE:INFY",
-                           side=orders.Side.BUY, qty=1, order_type=orders.OrderType.MARKET,
-                           product=orders.Product.MIS, ts_event=1, ts_init=1)
+        orders.OrderIntent(
+            client_order_id="x" * 21,
+            account="a",
+            strategy="s",
+            instrument="NSE:INFY",
+            side=orders.Side.BUY,
+            qty=1,
+            order_type=orders.OrderType.MARKET,
+            product=orders.Product.MIS,
+            ts_event=1,
+            ts_init=1,
+        )
 
 
 def test_catalog_has_architecture_topics() -> None:
     cat = load_catalog()
-    for name in ("md.ticks", "md.depth", "md.candles", "sig.signals", "ord.intents", "ord.updates", "ord.fills",
-                 "pf.positions", "risk.events", "ctl.commands", "md.dlq"):
+    for name in (
+        "md.ticks",
+        "md.depth",
+        "md.candles",
+        "sig.signals",
+        "ord.intents",
+        "ord.updates",
+        "ord.fills",
+        "pf.positions",
+        "risk.events",
+        "ctl.commands",
+        "md.dlq",
+    ):
         assert name in cat
     assert cat["md.ticks"].key == "instrument"
     assert cat.scoped("bt.r1")["ord.fills"].name == "bt.r1.ord.fills"
@@ -110,8 +171,6 @@ def test_catalog_has_architecture_topics() -> None:
 
 def test_catalog_errors_name_the_entry() -> None:
     with pytest.raises(CatalogError, match=r"topics\[0\] \(x\): unknown value type 'Nope'"):
-        parse_catalog("topics:\n - {name: x, partitions: 1, key: k, value: Nope, retention_ms: 1, "
-                      "cleanup_policy: delete}")
+        parse_catalog("topics:\n - {name: x, partitions: 1, key: k, value: Nope, retention_ms: 1, cleanup_policy: delete}")
     with pytest.raises(CatalogError, match="partitions must be >= 1"):
-        parse_catalog("topics:\n - {name: x, partitions: 0, key: k, value: Tick, retention_ms: 1, "
-                      "cleanup_policy: delete}")
+        parse_catalog("topics:\n - {name: x, partitions: 0, key: k, value: Tick, retention_ms: 1, cleanup_policy: delete}")
