@@ -1,0 +1,375 @@
+"""Multi-timeframe candles for one instrument, aligned to the NSE session.
+
+:class:`CandleBook` folds ticks into every configured timeframe at once. Rules, exactly:
+
+* **Session.** Bars are aligned to the session open, 09:15 IST; a day's intraday bars are
+  ``09:15 + k·tf`` and the last one is cut at 15:30 (a 75-minute grid ends exactly there;
+  an hourly grid's last bar is 15:15–15:30). The daily bar opens at 09:15 and closes at
+  15:30. Ticks outside 09:15–15:30 IST are not aggregated (``OUTSIDE_SESSION``).
+* **Base bars.** Only the finest timeframe (the base) is updated per tick; coarser bars are
+  the fold of the base bars inside them, merged when a base bar closes. Every timeframe must
+  be a whole multiple of the base, so all bars nest.
+* **Closing.** A bar closes on the first tick of a later bar, on :meth:`close_due` (the live
+  flow calls it from a wall-clock timer at bar end + grace), or on :meth:`flush` (end of a
+  replay). Bars without ticks are not emitted. A final candle's ``ts_event`` is its close
+  time (bar end, or 15:30 for the last bar of the day).
+* **Duplicates and late ticks.** ``Tick.seq`` is the per-instrument feed sequence assigned in
+  arrival order, so a tick whose ``seq`` is not above the last one seen is a redelivery
+  (``DUPLICATE``, ignored). A tick older than the open bar of any timeframe - that is,
+  belonging to a bar already closed - is ``LATE``: the caller counts and publishes it; it
+  never rewrites a closed bar. Within the open base bar, out-of-order ticks are folded by
+  event time (the earliest sets the open, the latest the close).
+* **Volume** is the delta of the cumulative day volume against the previous applied tick
+  (the first tick of an IST day counts its whole cumulative volume; the first tick the book
+  ever sees counts its ``last_qty``, so a mid-day start does not dump the day's volume into
+  one bar). ``vwap`` is Σ(price·Δvolume)/ΣΔvolume, or the close when the bar has no volume
+  (indices). ``trade_count`` is the number of ticks folded in; ``oi`` is the OI at close.
+* **In-progress updates.** With ``partial_every_ns > 0``, at most one non-final candle per
+  partial timeframe is emitted per that much event time, for the UI.
+
+>>> from schemas.market import Tick
+>>> book = CandleBook("NSE:INFY", ("1m", "5m"))
+>>> open_ = 1_763_610_300 * 10**9  # 2025-11-20 09:15:00 IST
+>>> def tick(sec, px, vol, seq):
+...     ts = open_ + sec * 10**9
+...     return Tick(instrument="NSE:INFY", ts_event=ts, ts_init=ts, seq=seq, ltp=px, last_qty=1, volume=vol,
+...                 oi=0, bid=px, ask=px, bid_qty=1, ask_qty=1)
+>>> out = []  # the first tick the book sees counts its last_qty (1), later ones the volume delta
+>>> [book.on_tick(tick(s, p, v, i), 0, out) for i, (s, p, v) in enumerate([(1, 10.0, 5), (30, 11.0, 9), (61, 9.5, 12)])]
+[0, 0, 0]
+>>> [(c.timeframe, c.open, c.high, c.low, c.close, c.volume) for c in out]
+[('1m', 10.0, 11.0, 10.0, 11.0, 5)]
+>>> book.flush(0, out)
+>>> [(c.timeframe, c.close, c.volume, c.trade_count) for c in out[1:]]
+[('1m', 9.5, 3, 1), ('5m', 9.5, 8, 3)]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from schemas.market import Candle, Tick
+
+IST_OFFSET_NS = 19_800 * 10**9
+DAY_NS = 86_400 * 10**9
+SESSION_OPEN_NS = (9 * 3600 + 15 * 60) * 10**9  # 09:15 IST, from IST midnight
+SESSION_CLOSE_NS = (15 * 3600 + 30 * 60) * 10**9  # 15:30 IST
+SESSION_NS = SESSION_CLOSE_NS - SESSION_OPEN_NS
+
+DEFAULT_TIMEFRAMES = ("1s", "5s", "1m", "5m", "15m", "1h", "1d")
+
+# Outcomes of CandleBook.on_tick.
+APPLIED, DUPLICATE, LATE, OUTSIDE_SESSION = 0, 1, 2, 3
+
+_UNITS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_TF = re.compile(r"^([1-9][0-9]*)([smhd])$")
+
+
+class Timeframe(NamedTuple):
+    name: str
+    ns: int  # bar length; for "1d" the session length
+    daily: bool
+
+
+def parse_timeframe(name: str) -> Timeframe:
+    """``"15s"``, ``"75m"``, ``"1h"`` or ``"1d"``; intraday bars must divide into whole seconds.
+
+    >>> parse_timeframe("75m")
+    Timeframe(name='75m', ns=4500000000000, daily=False)
+    """
+    m = _TF.match(name)
+    if m is None:
+        msg = f"timeframe {name!r}: expected <n>s, <n>m, <n>h or 1d (e.g. 1s, 5m, 75m, 1h, 1d)"
+        raise ValueError(msg)
+    n, unit = int(m.group(1)), m.group(2)
+    if unit == "d":
+        if n != 1:
+            msg = f"timeframe {name!r}: only 1d is supported among daily bars"
+            raise ValueError(msg)
+        return Timeframe(name, SESSION_NS, True)
+    ns = n * _UNITS[unit]
+    if ns > SESSION_NS:
+        msg = f"timeframe {name!r} is longer than the 6h15m session; use 1d"
+        raise ValueError(msg)
+    return Timeframe(name, ns, ns == SESSION_NS)
+
+
+def parse_timeframes(names: Iterable[str]) -> tuple[Timeframe, ...]:
+    """Parse, sort fine to coarse, and check that every timeframe is a multiple of the finest."""
+    tfs = sorted({parse_timeframe(n) for n in names}, key=lambda t: t.ns)
+    if not tfs:
+        msg = "at least one timeframe is required"
+        raise ValueError(msg)
+    base = tfs[0]
+    for tf in tfs[1:]:
+        if tf.ns % base.ns:
+            msg = f"timeframe {tf.name} is not a whole multiple of the finest timeframe {base.name}"
+            raise ValueError(msg)
+    return tuple(tfs)
+
+
+def session_bounds(ts: int) -> tuple[int, int]:
+    """(session open, session close) in UTC ns of the IST day containing ``ts``."""
+    day = (ts + IST_OFFSET_NS) // DAY_NS * DAY_NS - IST_OFFSET_NS
+    return day + SESSION_OPEN_NS, day + SESSION_CLOSE_NS
+
+
+class _Bar:
+    """Mutable accumulator of one bar (an implementation detail of CandleBook)."""
+
+    __slots__ = (
+        "close",
+        "close_at",
+        "count",
+        "end",
+        "first_ts",
+        "high",
+        "last_ts",
+        "low",
+        "oi",
+        "open",
+        "open_time",
+        "pv",
+        "volume",
+    )
+
+    def __init__(self, open_time: int, end: int, close_at: int) -> None:
+        self.open_time, self.end, self.close_at = open_time, end, close_at
+        self.open = self.high = self.low = self.close = 0.0
+        self.volume = self.count = self.oi = 0
+        self.pv = 0.0
+        self.first_ts = self.last_ts = -1  # -1: nothing folded in yet
+
+    def fold(self, b: _Bar) -> None:
+        """Merge a later, closed base bar into this coarser bar."""
+        if self.first_ts < 0:
+            self.open, self.high, self.low, self.first_ts = b.open, b.high, b.low, b.first_ts
+        else:
+            self.high = max(self.high, b.high)
+            self.low = min(self.low, b.low)
+        self.close, self.oi, self.last_ts = b.close, b.oi, b.last_ts
+        self.volume += b.volume
+        self.count += b.count
+        self.pv += b.pv
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for k, v in zip(self.__slots__, state, strict=True):
+            setattr(self, k, v)
+
+
+class CandleBook:
+    """Every timeframe of one instrument (see the module docstring for the rules)."""
+
+    __slots__ = (
+        "_base",
+        "_floor",
+        "_last_day",
+        "_last_partial",
+        "_last_seq",
+        "_last_vol",
+        "_partial_every",
+        "_partial_idx",
+        "_upper",
+        "instrument",
+        "timeframes",
+    )
+
+    def __init__(
+        self,
+        instrument: str,
+        timeframes: Iterable[str] = DEFAULT_TIMEFRAMES,
+        *,
+        partial_every_ns: int = 0,
+        partial_timeframes: Iterable[str] | None = None,
+    ) -> None:
+        self.instrument = instrument
+        self.timeframes = parse_timeframes(timeframes)
+        names = [tf.name for tf in self.timeframes]
+        wanted = names if partial_timeframes is None else list(partial_timeframes)
+        for n in wanted:
+            if n not in names:
+                msg = f"partial timeframe {n!r} is not one of the configured timeframes {names}"
+                raise ValueError(msg)
+        self._partial_idx = tuple(i for i, n in enumerate(names) if n in wanted)
+        self._partial_every = partial_every_ns
+        self._last_partial = -(2**62)
+        self._base: _Bar | None = None
+        self._upper: list[_Bar | None] = [None] * (len(self.timeframes) - 1)
+        self._floor = -(2**62)  # ticks before this belong to closed bars
+        self._last_seq = -(2**62)
+        self._last_vol = -1  # cumulative volume of the previous applied tick; -1: none yet
+        self._last_day = -1
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for k, v in zip(self.__slots__, state, strict=True):
+            setattr(self, k, v)
+
+    # ------------------------------------------------------------------ ticks
+
+    def on_tick(self, t: Tick, now: int, out: list[Candle]) -> int:
+        """Fold one tick; closed (and throttled in-progress) candles are appended to ``out``.
+
+        ``now`` becomes the ``ts_init`` of emitted candles. Returns APPLIED, DUPLICATE, LATE or
+        OUTSIDE_SESSION.
+        """
+        seq = t.seq
+        if seq <= self._last_seq:
+            return DUPLICATE
+        ts = t.ts_event
+        bar = self._base
+        if bar is None or not (bar.open_time <= ts < bar.end):
+            s_open, s_close = session_bounds(ts)
+            if not (s_open <= ts < s_close):
+                self._last_seq = seq
+                return OUTSIDE_SESSION
+            if ts < self._floor:
+                self._last_seq = seq
+                return LATE
+            bar = self._roll(ts, s_open, s_close, now, out)
+        self._last_seq = seq
+        # Volume: delta of the cumulative day volume against the previous applied tick.
+        vol = t.volume
+        day = (ts + IST_OFFSET_NS) // DAY_NS
+        last = self._last_vol
+        if last < 0:
+            delta = t.last_qty
+        elif day != self._last_day:
+            delta = vol
+        else:
+            delta = vol - last if vol > last else 0
+        self._last_vol, self._last_day = vol, day
+        px = t.ltp
+        if bar.first_ts < 0:
+            bar.open = bar.high = bar.low = bar.close = px
+            bar.first_ts = bar.last_ts = ts
+            bar.oi = t.oi
+        else:
+            if px > bar.high:
+                bar.high = px
+            elif px < bar.low:
+                bar.low = px
+            if ts >= bar.last_ts:
+                bar.close, bar.last_ts, bar.oi = px, ts, t.oi
+            elif ts < bar.first_ts:
+                bar.open, bar.first_ts = px, ts
+        bar.volume += delta
+        bar.pv += px * delta
+        bar.count += 1
+        if self._partial_every and ts - self._last_partial >= self._partial_every:
+            self._last_partial = ts
+            self._emit_partials(now, out)
+        return APPLIED
+
+    def _roll(self, ts: int, s_open: int, s_close: int, now: int, out: list[Candle]) -> _Bar:
+        """Open the base bar for ``ts`` (in session, not late), closing what it supersedes."""
+        tfs = self.timeframes
+        if self._base is not None:
+            self._close_base(now, out)
+        upper = self._upper
+        for i, cur in enumerate(upper):
+            if cur is not None and ts >= cur.end:
+                self._emit(tfs[i + 1], cur, True, now, out)
+                self._floor = max(self._floor, cur.end)
+                upper[i] = None
+        base_tf = tfs[0]
+        k = (ts - s_open) // base_tf.ns
+        open_time = s_open + k * base_tf.ns
+        end = s_close if base_tf.daily else open_time + base_tf.ns
+        bar = self._base = _Bar(open_time, end, min(end, s_close))
+        self._floor = max(self._floor, open_time)
+        for i, cur in enumerate(upper):
+            if cur is None:
+                tf = tfs[i + 1]
+                if tf.daily:
+                    upper[i] = _Bar(s_open, s_close, s_close)
+                else:
+                    o = s_open + (ts - s_open) // tf.ns * tf.ns
+                    upper[i] = _Bar(o, o + tf.ns, min(o + tf.ns, s_close))
+        return bar
+
+    def _close_base(self, now: int, out: list[Candle]) -> None:
+        bar = self._base
+        assert bar is not None
+        self._emit(self.timeframes[0], bar, True, now, out)
+        for cur in self._upper:
+            if cur is not None:
+                cur.fold(bar)
+        self._base = None
+
+    # ------------------------------------------------------------------ time
+
+    def next_close_at(self) -> int | None:
+        """The earliest close time among open bars (the live flow's timer adds its grace)."""
+        if self._base is not None:
+            return self._base.close_at
+        closes = [b.close_at for b in self._upper if b is not None]
+        return min(closes) if closes else None
+
+    def close_due(self, until: int, now: int, out: list[Candle]) -> None:
+        """Close every open bar whose close time is at or before ``until`` (event-time ns)."""
+        if self._base is not None and self._base.close_at <= until:
+            self._floor = max(self._floor, self._base.end)
+            self._close_base(now, out)
+        if self._base is None:
+            for i, cur in enumerate(self._upper):
+                if cur is not None and cur.close_at <= until:
+                    if cur.first_ts >= 0:
+                        self._emit(self.timeframes[i + 1], cur, True, now, out)
+                    self._floor = max(self._floor, cur.end)
+                    self._upper[i] = None
+
+    def flush(self, now: int, out: list[Candle]) -> None:
+        """Close every open bar (end of a replay)."""
+        if self._base is not None:
+            self._close_base(now, out)
+        for i, cur in enumerate(self._upper):
+            if cur is not None and cur.first_ts >= 0:
+                self._emit(self.timeframes[i + 1], cur, True, now, out)
+                self._floor = max(self._floor, cur.end)
+            self._upper[i] = None
+
+    # ------------------------------------------------------------------ output
+
+    def _emit_partials(self, now: int, out: list[Candle]) -> None:
+        base = self._base
+        if base is None:
+            return
+        for i in self._partial_idx:
+            if i == 0:
+                self._emit(self.timeframes[0], base, False, now, out)
+                continue
+            cur = self._upper[i - 1]
+            if cur is None:
+                continue
+            merged = _Bar(cur.open_time, cur.end, cur.close_at)
+            merged.fold(cur) if cur.first_ts >= 0 else None
+            merged.fold(base)
+            self._emit(self.timeframes[i], merged, False, now, out)
+
+    def _emit(self, tf: Timeframe, b: _Bar, final: bool, now: int, out: list[Candle]) -> None:
+        out.append(
+            Candle(
+                instrument=self.instrument,
+                timeframe=tf.name,
+                open_time=b.open_time,
+                ts_event=b.close_at if final else b.last_ts,
+                ts_init=now,
+                open=b.open,
+                high=b.high,
+                low=b.low,
+                close=b.close,
+                volume=b.volume,
+                trade_count=b.count,
+                vwap=b.pv / b.volume if b.volume else b.close,
+                oi=b.oi,
+                final=final,
+            )
+        )
