@@ -1,4 +1,4 @@
-"""Persistence flow: ``md.ticks`` and ``md.depth`` into PostgreSQL, exactly once.
+"""Persistence flow: market data (ticks, depth, closed candles) into PostgreSQL, exactly once.
 
     python -m bytewax.run flows.persist
 
@@ -17,7 +17,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from connectors.kafka import KafkaClientConfig, RecordSource, cluster_id
-from connectors.postgres.sinks import MarketDataSink, stored_offsets
+from connectors.postgres.sinks import MARKET_TABLES, CopySink, stored_offsets
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.persist")
@@ -34,21 +34,21 @@ def build(
     max_age_s: float = 0.5,
     consumer: str = CONSUMER,
 ) -> Dataflow:
-    topics = [catalog.name("md.ticks"), catalog.name("md.depth")]
+    tables = {catalog.name(base): spec for base, spec in MARKET_TABLES.items()}
     cid = cluster_id(client.admin())
     start = stored_offsets(database_url, consumer, cid)
     if start:
         log.info("resuming from committed offsets", extra={"partitions": len(start)})
     flow = Dataflow("persist")
-    records = op.input(
-        "md", flow, RecordSource(client, topics, start=start, tail=tail, heartbeat=timedelta(seconds=max_age_s))
-    )
-    sink: Any = MarketDataSink(
+    source = RecordSource(client, list(tables), start=start, tail=tail, heartbeat=timedelta(seconds=max_age_s))
+    records = op.input("md", flow, source)
+    sink: Any = CopySink(
         database_url,
         consumer=consumer,
         cluster_id=cid,
-        ticks_topic=topics[0],
-        depth_topic=topics[1],
+        tables=tables,
+        dlq_topic=catalog.name("md.dlq"),
+        producer_conf=client.producer(),
         max_rows=max_rows,
         max_age_s=max_age_s,
     )

@@ -125,3 +125,63 @@ def test_migrations_are_recorded_and_idempotent(database_url) -> None:
         "backtest_runs",
         "backtest_trades",
     } <= tables
+
+
+def test_persist_dead_letters_unknown_instruments_and_undecodable_records(kafka, catalog, database_url) -> None:
+    from confluent_kafka import Producer
+
+    from schemas.codec import encode
+
+    u = build_universe(DAY, 20)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upsert_instruments(conn, u)
+    ts = 1_763_610_300 * 10**9
+    known = Tick(
+        instrument=u[0].instrument,
+        ts_event=ts,
+        ts_init=ts,
+        seq=1,
+        ltp=100.0,
+        last_qty=1,
+        volume=1,
+        oi=0,
+        bid=99.9,
+        ask=100.1,
+        bid_qty=1,
+        ask_qty=1,
+    )
+    ghost = Tick(
+        instrument="NSE:GHOST",
+        ts_event=ts,
+        ts_init=ts,
+        seq=1,
+        ltp=50.0,
+        last_qty=1,
+        volume=1,
+        oi=0,
+        bid=49.9,
+        ask=50.1,
+        bid_qty=1,
+        ask_qty=1,
+    )
+    p = Producer(kafka.producer())
+    topic = catalog.name("md.ticks")
+    p.produce(topic, encode(known), known.instrument, partition=0)
+    p.produce(topic, encode(ghost), ghost.instrument, partition=0)
+    p.produce(topic, b'{"type":"Tick","instrument":"NSE:INFY"', b"NSE:INFY", partition=1)  # truncated JSON
+    assert p.flush(10) == 0
+
+    run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=100, max_age_s=0.2))
+
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM tick_data").fetchone()[0] == 1
+        committed = conn.execute(
+            "SELECT partition, next_offset FROM kafka_offsets WHERE topic = %s ORDER BY 1", (topic,)
+        ).fetchall()
+    assert committed == [(0, 2), (1, 1)]  # every record accounted for: stored or dead-lettered
+    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"), 1)]
+    by_reason = {r.reason.value: r for r in dlq}
+    assert set(by_reason) == {"unknown_instrument", "malformed"}
+    assert by_reason["unknown_instrument"].instrument == "NSE:GHOST"
+    assert codec_for(Tick).decode(by_reason["unknown_instrument"].payload) == ghost
+    assert f"{topic}[1]@0" in by_reason["malformed"].detail
