@@ -148,7 +148,12 @@ class Supervisor:
                 c.proc.kill()
                 c.proc.wait()
             rc = c.proc.returncode
-            c.status.state, c.status.pid = "stopped", None
-            c.status.detail = f"exit code {rc}"
-            log.info("stopped %s (exit code %s)", c.spec.name, rc)
+            # uvicorn re-raises the SIGTERM it handled gracefully, so -15 is a clean stop too.
+            clean = rc in (0, -signal.SIGTERM)
+            c.status.state, c.status.pid = ("stopped" if clean else "failed"), None
+            c.status.detail = "stopped cleanly" if clean else f"exit code {rc} while stopping"
+            if clean:
+                log.info("stopped %s", c.spec.name)
+            else:
+                log.error("%s exited with code %s while stopping", c.spec.name, rc)
         self._publish()

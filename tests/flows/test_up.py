@@ -17,8 +17,10 @@ import psycopg
 import pytest
 
 from connectors import embedded
+from connectors.postgres.migrate import discover
 from connectors.processes import free_port, pid_alive
 from connectors.supervision import read_flow_status
+from schemas.topics import load_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -54,11 +56,31 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
         assert health.json()["flows"]["ingest"]["status"] == "ok"
         pids = [state.broker.pid, state.postgres.pid] + [fs.pid for fs in read_flow_status(home).values() if fs.pid]
         assert len(pids) == 5
+
+        # The operator commands work against the running stack.
+        def cli_run(*args: str) -> str:
+            r = subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 0, r.stdout + r.stderr
+            return r.stdout
+
+        listed = cli_run("topics", "list")
+        assert all(spec.name in listed for spec in load_catalog().values()), listed
+        applied = cli_run("db", "status")
+        assert all(f"{m.version:04d}" in applied and m.name in applied for m in discover()), applied
+        assert "pending" not in applied.lower()
+        assert "applied 0 migration(s) (up to date)" in cli_run("db", "migrate")
+        services = cli_run("services", "status")
+        assert state.broker.bootstrap in services and f":{state.postgres.port}/" in services
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
-    assert "stopped ingest (exit code 0)" in out and "stopped persist (exit code 0)" in out
+    assert "stopped ingest" in out and "stopped persist" in out and "stopped api" in out
+    assert {name: fs.state for name, fs in read_flow_status(home).items()} == {
+        "ingest": "stopped",
+        "persist": "stopped",
+        "api": "stopped",
+    }
     time.sleep(0.5)
     assert [p for p in pids if pid_alive(p)] == []
     shutil.rmtree(home, ignore_errors=True)
