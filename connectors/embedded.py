@@ -271,7 +271,8 @@ def start_postgres(
 ) -> PostgresState:
     """Start PostgreSQL (initialising ``<home>/pg`` on first use) and create the database.
 
-    ``fast`` turns off fsync for throw-away test clusters.
+    ``fast`` turns off fsync and synchronous commit, for throw-away test clusters only: a crash of
+    the server then loses commits it already acknowledged, which no exactly-once sink survives.
     """
     running = read_state(home).postgres
     if running is not None:

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     ingest_processes: Annotated[int, Field(ge=1, le=16)] = 1
     ingest_shard: Annotated[int, Field(ge=0, le=15)] = 0  # set per child by the supervisor
 
+    # Live analytics flow (candles, indicators, patterns, OI).
+    candle_timeframes: str = "1s,5s,1m,5m,15m,1h,1d"
+    candle_grace_ms: Annotated[int, Field(ge=0, le=60_000)] = 500  # live: close an idle bar at end + grace
+    candle_partial_ms: Annotated[int, Field(ge=0, le=60_000)] = 1000  # in-progress 1m updates; 0 = none
+    indicators: str = "ema:9;ema:21;sma:20;rsi:14;macd:12,26,9;bbands:20,2;atr:14;adx:14;supertrend:10,3;vwap"
+
     # Persistence flow.
     persist_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     persist_batch_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
@@ -111,6 +117,23 @@ class Settings(BaseSettings):
         if not v.startswith(("postgresql://", "postgres://")):
             msg = "expected postgresql://user:password@host:port/database"
             raise ValueError(msg)
+        return v
+
+    @field_validator("candle_timeframes")
+    @classmethod
+    def _timeframes_form(cls, v: str) -> str:
+        from operators.candles import parse_timeframes
+
+        parse_timeframes([t.strip() for t in v.split(",") if t.strip()])  # raises with the offending value
+        return v
+
+    @field_validator("indicators")
+    @classmethod
+    def _indicators_form(cls, v: str) -> str:
+        from operators.indicators import make_indicator
+
+        for spec in (x.strip() for x in v.split(";") if x.strip()):
+            make_indicator(spec)
         return v
 
     @field_validator("ingest_processes")

@@ -237,6 +237,7 @@ def up(
     env.update({f"TICKTAPE_{k.upper()}": str(v) for k, v in overrides.items()})
     specs = [
         ChildSpec("persist", flow_argv("flows.persist"), env),
+        ChildSpec("live", flow_argv("flows.live"), env),
         *(
             ChildSpec(
                 "ingest" if s.ingest_processes == 1 else f"ingest-{i}",
@@ -321,14 +322,17 @@ class _Reporter:
 
         try:
             with psycopg.connect(self.dsn, connect_timeout=2) as conn:
-                row = conn.execute(
-                    "SELECT COALESCE(SUM(next_offset), 0) FROM kafka_offsets WHERE consumer = 'persist'"
-                ).fetchone()
+                rows_by_topic = conn.execute(
+                    "SELECT topic, SUM(next_offset) FROM kafka_offsets WHERE consumer = 'persist' GROUP BY topic"
+                ).fetchall()
         except psycopg.Error:
             return
-        rows = int(row[0]) if row else 0
+        by_kind = {t.rsplit(".", 1)[-1]: int(n) for t, n in rows_by_topic}
+        rows = sum(by_kind.values())
         rate = (rows - self.last_rows) / (now - self.last) if self.last_rows is not None else 0.0
-        console.print(f"persisted {rows:,} ticks+depth records ({rate:,.0f}/s)", style="dim")
+        parts = ", ".join(f"{by_kind.get(k, 0):,} {k}" for k in ("ticks", "depth", "candles"))
+        suffix = f" ({rate:,.0f} records/s)" if self.last_rows is not None else ""
+        console.print(f"persisted {parts}{suffix}", style="dim")
         self.last, self.last_rows = now, rows
 
 

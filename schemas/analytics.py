@@ -99,4 +99,31 @@ class MarketSummary(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     unchanged: int
 
 
-AnalyticsEvent = OiChange | OptionChainStats | MarketSummary
+class IndicatorSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Every indicator of one instrument and timeframe after a candle closed.
+
+    ``values`` maps output names (``ema_9``, ``macd_12_26_9.signal``, see
+    ``operators.indicators``) to values; indicators still warming up are absent.
+    """
+
+    instrument: str
+    timeframe: str
+    open_time: int  # of the candle that triggered the update
+    ts_event: int  # the candle's close time
+    ts_init: int
+    values: dict[str, float]
+
+
+class PatternSignal(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A candlestick pattern completed by a closed candle; ``signal`` as TA-Lib: ±100 (±80 weaker)."""
+
+    instrument: str
+    timeframe: str
+    open_time: int
+    ts_event: int
+    ts_init: int
+    pattern: str
+    signal: int
+
+
+AnalyticsEvent = OiChange | OptionChainStats | MarketSummary | IndicatorSnapshot | PatternSignal

@@ -127,6 +127,7 @@ class RejectReason(enum.StrEnum):
     VOLUME_BACKWARDS = "volume_backwards"  # cumulative day volume decreased
     CROSSED_BOOK = "crossed_book"  # best bid above best ask
     UNKNOWN_INSTRUMENT = "unknown_instrument"
+    LATE = "late"  # older than the open bar: belongs to a candle that already closed
 
 
 class RejectedEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):

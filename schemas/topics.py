@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas import control, market, orders, risk
+from schemas import analytics, control, market, orders, risk
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "redpanda" / "topics.yaml"
 
@@ -28,6 +28,7 @@ VALUE_TYPES: dict[str, Any] = {
     "DepthSnapshot": market.DepthSnapshot,
     "Candle": market.Candle,
     "RejectedEvent": market.RejectedEvent,
+    "Analytics": analytics.AnalyticsEvent,
     "Instrument": market.Instrument,
     "TargetPosition": orders.TargetPosition,
     "OrderIntent": orders.OrderIntent,

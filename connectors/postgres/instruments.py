@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import psycopg
 
-from schemas.market import Instrument
+from schemas.market import Instrument, InstrumentType
 
 _UPSERT = """INSERT INTO instruments (symbol, instrument_token, exchange_token, tradingsymbol, name, exchange,
     segment, instrument_type, tick_size, lot_size, expiry_date, strike_price, underlying, freeze_qty, last_price,
@@ -43,3 +43,35 @@ def upsert_instruments(conn: psycopg.Connection, instruments: Iterable[Instrumen
     with conn.transaction():
         conn.cursor().executemany(_UPSERT, rows)
     return len(rows)
+
+
+_SELECT = """SELECT symbol, instrument_token, exchange_token, tradingsymbol, name, exchange, segment, instrument_type,
+    tick_size, lot_size, last_price, expiry_date, strike_price, underlying, freeze_qty
+FROM instruments WHERE is_active ORDER BY symbol"""
+
+
+def load_instruments(conn: psycopg.Connection) -> list[Instrument]:
+    """The active instrument master, as the flows use it."""
+    out = []
+    for row in conn.execute(_SELECT).fetchall():
+        sym, tok, etok, ts, name, exch, seg, itype, tick, lot, last, expiry, strike, under, freeze = row
+        out.append(
+            Instrument(
+                instrument=sym,
+                instrument_token=int(tok or 0),
+                exchange_token=int(etok or 0),
+                tradingsymbol=ts,
+                name=name or "",
+                exchange=exch,
+                segment=seg or "",
+                instrument_type=InstrumentType(itype),
+                tick_size=float(tick or 0.05),
+                lot_size=int(lot or 1),
+                last_price=float(last or 0.0),
+                expiry=expiry.isoformat() if expiry else None,
+                strike=float(strike) if strike is not None else None,
+                underlying=under,
+                freeze_qty=freeze,
+            )
+        )
+    return out

@@ -55,7 +55,13 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
         assert health.status_code == 200, health.text
         assert health.json()["flows"]["ingest"]["status"] == "ok"
         pids = [state.broker.pid, state.postgres.pid] + [fs.pid for fs in read_flow_status(home).values() if fs.pid]
-        assert len(pids) == 5
+        assert len(pids) == 6  # broker, postgres, persist, live, ingest, api
+        candles = 0
+        while time.monotonic() < deadline and candles == 0:
+            time.sleep(0.5)
+            with psycopg.connect(state.postgres.url) as conn:
+                candles = conn.execute("SELECT count(*) FROM ohlc_candles").fetchone()[0]
+        assert candles > 0, "no candle reached ohlc_candles"
 
         # The operator commands work against the running stack.
         def cli_run(*args: str) -> str:
@@ -75,10 +81,11 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
-    assert "stopped ingest" in out and "stopped persist" in out and "stopped api" in out
+    assert all(f"stopped {name}" in out for name in ("ingest", "persist", "live", "api")), out
     assert {name: fs.state for name, fs in read_flow_status(home).items()} == {
         "ingest": "stopped",
         "persist": "stopped",
+        "live": "stopped",
         "api": "stopped",
     }
     time.sleep(0.5)

@@ -1,0 +1,156 @@
+"""Per-instrument market analytics: candles, indicators, patterns and OI in one core.
+
+:class:`InstrumentAnalytics` is what the live and backtest flows keep per instrument. A tick
+goes into the :class:`~operators.candles.CandleBook`; every candle that closes updates that
+timeframe's indicators (the seed's "data structure that triggers indicator updates") and its
+pattern detector, so strategies read current values without recomputing anything. It emits
+the closed candles, an :class:`~schemas.analytics.IndicatorSnapshot` and any
+:class:`~schemas.analytics.PatternSignal` for the timeframes chosen for publication, and OI
+buildup changes for derivatives.
+
+>>> from operators.candles import APPLIED
+>>> from schemas.market import Tick
+>>> cfg = AnalyticsConfig(timeframes=("1m",), indicators=("sma:2",), publish_timeframes=("1m",))
+>>> a = InstrumentAnalytics("NSE:INFY", cfg)
+>>> t0 = 1_763_610_300 * 10**9  # 09:15 IST
+>>> out = []
+>>> for k, px in enumerate([10.0, 11.0, 12.0]):
+...     ts = t0 + k * 60 * 10**9
+...     tick = Tick(instrument="NSE:INFY", ts_event=ts, ts_init=ts, seq=k, ltp=px, last_qty=1, volume=k + 1,
+...                 oi=0, bid=px, ask=px, bid_qty=1, ask_qty=1)
+...     assert a.on_tick(tick, ts, out) == APPLIED
+>>> [type(e).__name__ for e in out]
+['Candle', 'IndicatorSnapshot', 'Candle', 'IndicatorSnapshot']
+>>> out[-1].values, a.indicators["1m"].snapshot()
+({'sma_2': 10.5}, {'sma_2': 10.5})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from operators.candles import APPLIED, DEFAULT_TIMEFRAMES, IST_OFFSET_NS, CandleBook
+from operators.indicators import IndicatorSet
+from operators.open_interest import OiTracker
+from operators.patterns import PatternDetector
+from schemas.analytics import IndicatorSnapshot, PatternSignal
+from schemas.market import Candle, Tick
+
+DAY_NS = 86_400 * 10**9
+
+# Ten indicators per timeframe by default: trend, momentum, volatility, volume.
+DEFAULT_INDICATORS = (
+    "ema:9",
+    "ema:21",
+    "sma:20",
+    "rsi:14",
+    "macd:12,26,9",
+    "bbands:20,2",
+    "atr:14",
+    "adx:14",
+    "supertrend:10,3",
+    "vwap",
+)
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """What to compute per instrument, and what to publish (chosen once, at the top)."""
+
+    timeframes: tuple[str, ...] = DEFAULT_TIMEFRAMES
+    indicators: tuple[str, ...] = DEFAULT_INDICATORS
+    # Indicators and patterns are computed on every timeframe; snapshots and pattern signals
+    # are published only for these (1s/5s snapshots would triple the output for no reader).
+    publish_timeframes: tuple[str, ...] = ("1m", "5m", "15m", "1h", "1d")
+    patterns: bool = True
+    partial_every_ns: int = 0  # in-progress candle updates for the UI; 0 = none
+    partial_timeframes: tuple[str, ...] = ("1m",)
+    oi_min_interval_ns: int = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        for tf in self.publish_timeframes + (self.partial_timeframes if self.partial_every_ns else ()):
+            if tf not in self.timeframes:
+                msg = f"timeframe {tf!r} is published but not computed; computed: {self.timeframes}"
+                raise ValueError(msg)
+
+
+class InstrumentAnalytics:
+    """Candles, per-timeframe indicators and patterns, and OI buildup for one instrument."""
+
+    __slots__ = ("_publish", "book", "indicators", "instrument", "oi", "patterns")
+
+    def __init__(self, instrument: str, cfg: AnalyticsConfig, *, track_oi: bool = False) -> None:
+        self.instrument = instrument
+        self.book = CandleBook(
+            instrument,
+            cfg.timeframes,
+            partial_every_ns=cfg.partial_every_ns,
+            partial_timeframes=cfg.partial_timeframes,
+        )
+        self.indicators = {tf: IndicatorSet(cfg.indicators) for tf in cfg.timeframes}
+        self.patterns = {tf: PatternDetector() for tf in cfg.timeframes} if cfg.patterns else {}
+        self._publish = frozenset(cfg.publish_timeframes)
+        self.oi = OiTracker(instrument, min_interval_ns=cfg.oi_min_interval_ns) if track_oi else None
+
+    def on_tick(self, t: Tick, now: int, out: list[Any]) -> int:
+        """Fold a tick; append closed candles and what they triggered to ``out``.
+
+        Returns the CandleBook outcome (APPLIED, DUPLICATE, LATE, OUTSIDE_SESSION).
+        """
+        start = len(out)
+        outcome = self.book.on_tick(t, now, out)
+        if len(out) > start:
+            self._after_candles(out, start, now)
+        if outcome == APPLIED and self.oi is not None:
+            change = self.oi.update(t.ltp, t.oi, t.ts_event, now)
+            if change is not None:
+                out.append(change)
+        return outcome
+
+    def close_due(self, until: int, now: int, out: list[Any]) -> None:
+        start = len(out)
+        self.book.close_due(until, now, out)
+        if len(out) > start:
+            self._after_candles(out, start, now)
+
+    def flush(self, now: int, out: list[Any]) -> None:
+        start = len(out)
+        self.book.flush(now, out)
+        if len(out) > start:
+            self._after_candles(out, start, now)
+
+    def _after_candles(self, out: list[Any], start: int, now: int) -> None:
+        closed = [c for c in out[start:] if c.final]
+        for c in closed:
+            self._on_closed(c, now, out)
+
+    def _on_closed(self, c: Candle, now: int, out: list[Any]) -> None:
+        tf = c.timeframe
+        ind = self.indicators[tf]
+        ind.on_bar(c.open, c.high, c.low, c.close, float(c.volume), (c.open_time + IST_OFFSET_NS) // DAY_NS)
+        det = self.patterns.get(tf)
+        hits = det.update(c.open, c.high, c.low, c.close) if det is not None else ()
+        if tf in self._publish:
+            out.append(
+                IndicatorSnapshot(
+                    instrument=c.instrument,
+                    timeframe=tf,
+                    open_time=c.open_time,
+                    ts_event=c.ts_event,
+                    ts_init=now,
+                    values=ind.snapshot(),
+                )
+            )
+            for h in hits:
+                out.append(
+                    PatternSignal(
+                        instrument=c.instrument,
+                        timeframe=tf,
+                        open_time=c.open_time,
+                        ts_event=c.ts_event,
+                        ts_init=now,
+                        pattern=h.pattern.value,
+                        signal=h.signal,
+                    )
+                )
