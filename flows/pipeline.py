@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Stream
 from prometheus_client import Counter
 
@@ -30,11 +32,12 @@ from operators.analytics import AnalyticsConfig, InstrumentAnalytics
 from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION
 from operators.market_summary import MarketSummaryBook
 from operators.open_interest import OptionChain, option_chains
-from schemas.codec import DecodeError, codec_for, encode
+from schemas.codec import DecodeError, encode
 from schemas.market import Candle, Instrument, InstrumentType, RejectedEvent, RejectReason, Tick
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.pipeline")
+_LATE = "older than the open bar: its candle already closed"
 
 TICKS_IGNORED = Counter("ticktape_candle_ticks_ignored_total", "Ticks not folded into candles", ["reason"])
 CANDLES_CLOSED = Counter("ticktape_candles_closed_total", "Closed candles", ["timeframe"])
@@ -89,23 +92,44 @@ class PipelineConfig:
     summary_timeframes: tuple[str, ...] = ("1m", "5m", "15m", "1d")
     summary_top: int = 10
     chain_min_interval_ns: int = 1_000_000_000
+    open_interest: bool = True  # OI buildup per derivative and option-chain stats
+    # With Bytewax recovery on, snapshots must be copies; without it Bytewax still asks for one
+    # at every epoch for every key touched, and a deep copy of 500 instruments' analytics
+    # costs more than computing them, so the live state is handed over as is.
+    recovery: bool = False
+
+
+def _snapshot(state: Any, recovery: bool) -> Any:
+    return pickle.loads(pickle.dumps(state, protocol=5)) if recovery else state
 
 
 # ----------------------------------------------------------------------------- decode
 
-CANDLE, EVENT, REJECT = "C", "E", "R"
+
+class Reject(NamedTuple):
+    """A tick the pipeline refuses (undecodable or late), on its way to the dead-letter topic."""
+
+    topic: str
+    instrument: str | None
+    reason: RejectReason
+    detail: str
+    payload: bytes
+
+
+_TICK_DECODER = msgspec.json.Decoder(Tick)
 
 
 def _decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
-    codec = codec_for(Tick)
+    decode = _TICK_DECODER.decode
     out: list[tuple[str, Any]] = []
     for rec in records:
         if rec is HEARTBEAT or rec.partition < 0:
             continue
         try:
-            t = codec.decode(rec.value or b"", topic=rec.topic, partition=rec.partition, offset=rec.offset)
-        except DecodeError as exc:
-            out.append(("", (REJECT, (rec.topic, None, RejectReason.MALFORMED, str(exc), rec.value or b""))))
+            t = decode(rec.value or b"")
+        except msgspec.DecodeError as exc:
+            err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
+            out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
             continue
         out.append((t.instrument, t))
     return out
@@ -114,7 +138,7 @@ def _decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
 # ----------------------------------------------------------------------------- per instrument
 
 
-class InstrumentLogic(op.StatefulBatchLogic[Tick, tuple[str, Any], InstrumentAnalytics]):
+class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
     """Thin Bytewax wrapper of :class:`InstrumentAnalytics`: timers in live mode, flush on EOF.
 
     Bytewax builds logic without telling it the key, so a new instrument's core is made from
@@ -127,17 +151,18 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, tuple[str, Any], InstrumentAna
         factory: Callable[[str], InstrumentAnalytics],
         clock: MarketClock | None,
         ticks_topic: str,
+        recovery: bool,
     ) -> None:
         self.core, self.factory, self.clock, self.ticks_topic = core, factory, clock, ticks_topic
+        self.recovery = recovery
         self.last_event = 0
 
-    def on_batch(self, values: list[Tick]) -> tuple[Iterable[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[Tick]) -> tuple[Iterable[Any], bool]:
         core, clock = self.core, self.clock
         if core is None:
             core = self.core = self.factory(values[0].instrument)
         self.last_event = max(self.last_event, values[-1].ts_event)
         out: list[Any] = []
-        rejects: list[tuple[str, Any]] = []
         for t in values:
             if clock is not None:
                 clock.observe(t.ts_event)
@@ -148,35 +173,24 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, tuple[str, Any], InstrumentAna
             if outcome:
                 if outcome == LATE:
                     TICKS_IGNORED.labels("late").inc()
-                    rejects.append(
-                        (
-                            REJECT,
-                            (
-                                self.ticks_topic,
-                                t.instrument,
-                                RejectReason.LATE,
-                                "older than the open bar: its candle already closed",
-                                encode(t),
-                            ),
-                        )
-                    )
+                    out.append(Reject(self.ticks_topic, t.instrument, RejectReason.LATE, _LATE, encode(t)))
                 elif outcome == DUPLICATE:
                     TICKS_IGNORED.labels("duplicate").inc()
                 elif outcome == OUTSIDE_SESSION:
                     TICKS_IGNORED.labels("outside_session").inc()
-        return _tag(out) + rejects, op.StatefulBatchLogic.RETAIN
+        return out, op.StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[tuple[str, Any]], bool]:
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         if self.clock is not None and self.core is not None:
             self.core.close_due(self.clock.until(), self.clock.now(), out)
-        return _tag(out), op.StatefulBatchLogic.RETAIN
+        return out, op.StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[tuple[str, Any]], bool]:
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         if self.clock is None and self.core is not None:  # a replay ends: close every open bar
             self.core.flush(self.last_event, out)
-        return _tag(out), op.StatefulBatchLogic.RETAIN
+        return out, op.StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self.clock is None or self.core is None:
@@ -192,26 +206,26 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, tuple[str, Any], InstrumentAna
         return datetime.fromtimestamp(at / 1e9, tz=UTC)
 
     def snapshot(self) -> InstrumentAnalytics:
-        return copy.deepcopy(self.core)  # type: ignore[return-value]
-
-
-def _tag(events: list[Any]) -> list[tuple[str, Any]]:
-    return [(CANDLE, e) if type(e) is Candle else (EVENT, e) for e in events]
+        return _snapshot(self.core, self.recovery)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- option chains
 
 
-class ChainLogic(op.StatefulBatchLogic[tuple[tuple[str, str], Tick], tuple[str, Any], OptionChain]):
+class ChainLogic(op.StatefulBatchLogic[tuple[tuple[str, str], Tick], Any, OptionChain]):
     """Keyed by ``underlying|expiry``; items carry their chain key so a new chain can be made."""
 
     def __init__(
-        self, chain: OptionChain | None, chains: dict[tuple[str, str], OptionChain], clock: MarketClock | None
+        self,
+        chain: OptionChain | None,
+        chains: dict[tuple[str, str], OptionChain],
+        clock: MarketClock | None,
+        recovery: bool,
     ) -> None:
-        self.chain, self.chains, self.clock = chain, chains, clock
+        self.chain, self.chains, self.clock, self.recovery = chain, chains, clock, recovery
 
-    def on_batch(self, values: list[tuple[tuple[str, str], Tick]]) -> tuple[Iterable[tuple[str, Any]], bool]:
-        out: list[tuple[str, Any]] = []
+    def on_batch(self, values: list[tuple[tuple[str, str], Tick]]) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
         if self.chain is None:
             self.chain = copy.deepcopy(self.chains[values[0][0]])
         chain = self.chain
@@ -223,37 +237,39 @@ class ChainLogic(op.StatefulBatchLogic[tuple[tuple[str, str], Tick], tuple[str, 
                 else (chain.update_underlying(t.ltp, t.ts_event, now))
             )
             if ev is not None:
-                out.append((EVENT, ev))
+                out.append(ev)
         return out, op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> OptionChain:
-        return copy.deepcopy(self.chain)  # type: ignore[return-value]
+        return _snapshot(self.chain, self.recovery)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- summary
 
 
-class SummaryLogic(op.StatefulBatchLogic[Candle, tuple[str, Any], MarketSummaryBook]):
+class SummaryLogic(op.StatefulBatchLogic[Candle, Any, MarketSummaryBook]):
     """One market-wide book; a summary of a timeframe is published when its next bar starts."""
 
-    def __init__(self, book: MarketSummaryBook, timeframes: tuple[str, ...], clock: MarketClock | None) -> None:
-        self.book, self.timeframes, self.clock = book, timeframes, clock
+    def __init__(
+        self, book: MarketSummaryBook, timeframes: tuple[str, ...], clock: MarketClock | None, recovery: bool
+    ) -> None:
+        self.book, self.timeframes, self.clock, self.recovery = book, timeframes, clock, recovery
         self.current: dict[str, int] = {}  # timeframe -> open_time of the bars being collected
 
-    def on_batch(self, values: list[Candle]) -> tuple[Iterable[tuple[str, Any]], bool]:
-        out: list[tuple[str, Any]] = []
+    def on_batch(self, values: list[Candle]) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
         for c in values:
             cur = self.current.get(c.timeframe)
             if cur is not None and c.open_time > cur:
                 now = c.ts_event if self.clock is None else self.clock.now()
-                out.append((EVENT, self.book.summary(c.timeframe, c.open_time - 1, now)))
+                out.append(self.book.summary(c.timeframe, c.open_time - 1, now))
             if cur is None or c.open_time > cur:
                 self.current[c.timeframe] = c.open_time
             self.book.update(c)
         return out, op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> MarketSummaryBook:
-        return copy.deepcopy(self.book)
+        return _snapshot(self.book, self.recovery)
 
 
 # ----------------------------------------------------------------------------- builder
@@ -274,8 +290,8 @@ def build_market(
 ) -> MarketStreams:
     """Add the market-analytics steps to the flow that owns ``ticks`` (md.ticks records)."""
     universe = list(universe)
-    derivatives = {i.instrument for i in universe if i.instrument_type in _DERIVATIVES}
-    chains = option_chains(universe, min_interval_ns=cfg.chain_min_interval_ns)
+    derivatives = {i.instrument for i in universe if i.instrument_type in _DERIVATIVES} if cfg.open_interest else set()
+    chains = option_chains(universe, min_interval_ns=cfg.chain_min_interval_ns) if cfg.open_interest else {}
     by_member: dict[str, list[tuple[str, str]]] = {}  # instrument -> chains it feeds (options and underlyings)
     for inst in universe:
         if inst.instrument_type in (InstrumentType.CE, InstrumentType.PE) and (inst.underlying, inst.expiry) in chains:
@@ -284,7 +300,7 @@ def build_market(
         by_member.setdefault(under, []).append((under, expiry))
     t_ticks, t_candles = catalog.name("md.ticks"), catalog.name("md.candles")
     t_analytics, t_dlq = catalog.name("md.analytics"), catalog.name("md.dlq")
-    acfg, clock = cfg.analytics, cfg.clock
+    acfg, clock, rec = cfg.analytics, cfg.clock, cfg.recovery
 
     decoded = op.flat_map_batch("decode", ticks, _decode_batch)
     split = op.branch("decodable", decoded, lambda kv: type(kv[1]) is Tick)
@@ -293,54 +309,69 @@ def build_market(
     def factory(instrument: str) -> InstrumentAnalytics:
         return InstrumentAnalytics(instrument, acfg, track_oi=instrument in derivatives)
 
-    per_inst = op.stateful_batch("instrument", valid, lambda resume: InstrumentLogic(resume, factory, clock, t_ticks))
-    chain_ticks = op.flat_map(
-        "chain_route", valid, lambda kv: [(f"{k[0]}|{k[1]}", (k, kv[1])) for k in by_member.get(kv[0], ())]
-    )
-    per_chain = op.stateful_batch("chain", chain_ticks, lambda resume: ChainLogic(resume, chains, clock))
+    per_inst = op.stateful_batch("instrument", valid, lambda resume: InstrumentLogic(resume, factory, clock, t_ticks, rec))
+    routes = {sym: [(f"{k[0]}|{k[1]}", k) for k in keys] for sym, keys in by_member.items()}
 
-    tagged = op.merge("tagged", op.key_rm("unkey_inst", per_inst), op.key_rm("unkey_chain", per_chain))
+    def route_batch(items: list[tuple[str, Tick]]) -> list[tuple[str, tuple[tuple[str, str], Tick]]]:
+        out = []
+        for sym, t in items:
+            for key, chain in routes.get(sym, ()):
+                out.append((key, (chain, t)))
+        return out
+
+    chain_ticks = op.flat_map_batch("chain_route", valid, route_batch)
+    per_chain = op.stateful_batch("chain", chain_ticks, lambda resume: ChainLogic(resume, chains, clock, rec))
+
+    per_key = op.merge("per_key", op.key_rm("unkey_inst", per_inst), op.key_rm("unkey_chain", per_chain))
+    summary_tfs = frozenset(cfg.summary_timeframes)
     closed = op.filter_map(
         "summary_feed",
-        tagged,
-        lambda kv: (
-            ("market", kv[1]) if kv[0] is CANDLE and kv[1].final and kv[1].timeframe in cfg.summary_timeframes else None
-        ),
+        per_key,
+        lambda ev: ("market", ev) if type(ev) is Candle and ev.final and ev.timeframe in summary_tfs else None,
     )
     summary = op.stateful_batch(
         "summary",
         closed,
-        lambda resume: SummaryLogic(resume or MarketSummaryBook(cfg.summary_top), cfg.summary_timeframes, clock),
+        lambda resume: SummaryLogic(resume or MarketSummaryBook(cfg.summary_top), cfg.summary_timeframes, clock, rec),
     )
     rejects = op.key_rm("unkey_rejects", split.falses)
-    events = op.merge("events", tagged, op.key_rm("unkey_summary", summary), rejects)
+    events = op.merge("events", per_key, op.key_rm("unkey_summary", summary), rejects)
 
-    def encode_batch(items: list[tuple[str, Any]]) -> list[tuple[str, str, bytes]]:
+    closed_by_tf: dict[str, int] = {}
+    events_by_kind: dict[str, int] = {}
+
+    def encode_batch(items: list[Any]) -> list[tuple[str, str, bytes]]:
         recs: list[tuple[str, str, bytes]] = []
-        for kind, ev in items:
-            if kind is CANDLE:
+        closed_by_tf.clear()
+        events_by_kind.clear()
+        for ev in items:
+            kind = type(ev)
+            if kind is Candle:
                 recs.append((t_candles, ev.instrument, encode(ev)))
                 if ev.final:
-                    CANDLES_CLOSED.labels(ev.timeframe).inc()
-            elif kind is EVENT:
-                key = getattr(ev, "instrument", None) or getattr(ev, "underlying", None) or "market"
-                recs.append((t_analytics, key, encode(ev)))
-                ANALYTICS_OUT.labels(type(ev).__name__).inc()
-            else:
-                topic, inst, reason, detail, payload = ev
+                    closed_by_tf[ev.timeframe] = closed_by_tf.get(ev.timeframe, 0) + 1
+            elif kind is Reject:
                 rej = RejectedEvent(
-                    source_topic=topic,
-                    instrument=inst,
-                    reason=reason,
-                    detail=detail,
-                    payload=payload.decode("utf-8", "replace"),
+                    source_topic=ev.topic,
+                    instrument=ev.instrument,
+                    reason=ev.reason,
+                    detail=ev.detail,
+                    payload=ev.payload.decode("utf-8", "replace"),
                     ts_event=0,
                     ts_init=0,
                 )
-                recs.append((t_dlq, inst or "", encode(rej)))
+                recs.append((t_dlq, ev.instrument or "", encode(rej)))
+            else:
+                key = getattr(ev, "instrument", None) or getattr(ev, "underlying", None) or "market"
+                recs.append((t_analytics, key, encode(ev)))
+                events_by_kind[kind.__name__] = events_by_kind.get(kind.__name__, 0) + 1
+        for tf, n in closed_by_tf.items():
+            CANDLES_CLOSED.labels(tf).inc(n)
+        for name, n in events_by_kind.items():
+            ANALYTICS_OUT.labels(name).inc(n)
         return recs
 
     records = op.flat_map_batch("encode", events, encode_batch)
-    candles = op.filter_map("candles", events, lambda kv: kv[1] if kv[0] is CANDLE else None)
-    analytics = op.filter_map("analytics", events, lambda kv: kv[1] if kv[0] is EVENT else None)
+    candles = op.filter_map("candles", events, lambda ev: ev if type(ev) is Candle else None)
+    analytics = op.filter_map("analytics", events, lambda ev: ev if type(ev) not in (Candle, Reject) else None)
     return MarketStreams(records=records, candles=candles, analytics=analytics)

@@ -6,9 +6,10 @@
   ``09:15 + k·tf`` and the last one is cut at 15:30 (a 75-minute grid ends exactly there;
   an hourly grid's last bar is 15:15–15:30). The daily bar opens at 09:15 and closes at
   15:30. Ticks outside 09:15–15:30 IST are not aggregated (``OUTSIDE_SESSION``).
-* **Base bars.** Only the finest timeframe (the base) is updated per tick; coarser bars are
-  the fold of the base bars inside them, merged when a base bar closes. Every timeframe must
-  be a whole multiple of the base, so all bars nest.
+* **Base bars.** Only the finest timeframe (the base) is updated per tick. Every coarser bar
+  is the fold of the closed bars of its parent timeframe (the coarsest finer one whose bars
+  nest in it: 1s → 5s → 1m → 5m → 15m → 1h → 1d, 15m → 75m), merged as they close. Every
+  timeframe must be a whole multiple of the base, so all bars nest.
 * **Closing.** A bar closes on the first tick of a later bar, on :meth:`close_due` (the live
   flow calls it from a wall-clock timer at bar end + grace), or on :meth:`flush` (end of a
   replay). Bars without ticks are not emitted. A final candle's ``ts_event`` is its close
@@ -166,15 +167,16 @@ class CandleBook:
     """Every timeframe of one instrument (see the module docstring for the rules)."""
 
     __slots__ = (
-        "_base",
+        "_bars",
+        "_children",
         "_floor",
         "_last_day",
         "_last_partial",
         "_last_seq",
         "_last_vol",
+        "_parent",
         "_partial_every",
         "_partial_idx",
-        "_upper",
         "instrument",
         "timeframes",
     )
@@ -188,8 +190,8 @@ class CandleBook:
         partial_timeframes: Iterable[str] | None = None,
     ) -> None:
         self.instrument = instrument
-        self.timeframes = parse_timeframes(timeframes)
-        names = [tf.name for tf in self.timeframes]
+        self.timeframes = tfs = parse_timeframes(timeframes)
+        names = [tf.name for tf in tfs]
         wanted = names if partial_timeframes is None else list(partial_timeframes)
         for n in wanted:
             if n not in names:
@@ -198,8 +200,15 @@ class CandleBook:
         self._partial_idx = tuple(i for i, n in enumerate(names) if n in wanted)
         self._partial_every = partial_every_ns
         self._last_partial = -(2**62)
-        self._base: _Bar | None = None
-        self._upper: list[_Bar | None] = [None] * (len(self.timeframes) - 1)
+        # Each coarser bar is folded from the closed bars of its parent: the coarsest finer
+        # timeframe whose bars nest in it (every intraday bar nests in the day). A closing base
+        # bar is folded once, not into every timeframe.
+        parent = [-1]
+        for i in range(1, len(tfs)):
+            parent.append(max(j for j in range(i) if tfs[i].daily or tfs[i].ns % tfs[j].ns == 0))
+        self._parent = tuple(parent)
+        self._children = tuple(tuple(i for i in range(len(tfs)) if parent[i] == j) for j in range(len(tfs)))
+        self._bars: list[_Bar | None] = [None] * len(tfs)  # the open bar per timeframe; [0] is the base
         self._floor = -(2**62)  # ticks before this belong to closed bars
         self._last_seq = -(2**62)
         self._last_vol = -1  # cumulative volume of the previous applied tick; -1: none yet
@@ -224,7 +233,7 @@ class CandleBook:
         if seq <= self._last_seq:
             return DUPLICATE
         ts = t.ts_event
-        bar = self._base
+        bar = self._bars[0]
         if bar is None or not (bar.open_time <= ts < bar.end):
             s_open, s_close = session_bounds(ts)
             if not (s_open <= ts < s_close):
@@ -270,89 +279,88 @@ class CandleBook:
 
     def _roll(self, ts: int, s_open: int, s_close: int, now: int, out: list[Candle]) -> _Bar:
         """Open the base bar for ``ts`` (in session, not late), closing what it supersedes."""
-        tfs = self.timeframes
-        if self._base is not None:
-            self._close_base(now, out)
-        upper = self._upper
-        for i, cur in enumerate(upper):
-            if cur is not None and ts >= cur.end:
-                self._emit(tfs[i + 1], cur, True, now, out)
-                self._floor = max(self._floor, cur.end)
-                upper[i] = None
+        bars, tfs = self._bars, self.timeframes
+        for i in range(len(bars)):  # fine to coarse: a bar is complete before its parent is folded in
+            cur = bars[i]
+            if cur is not None and (i == 0 or ts >= cur.end):
+                self._close(i, now, out)
         base_tf = tfs[0]
-        k = (ts - s_open) // base_tf.ns
-        open_time = s_open + k * base_tf.ns
+        open_time = s_open + (ts - s_open) // base_tf.ns * base_tf.ns
         end = s_close if base_tf.daily else open_time + base_tf.ns
-        bar = self._base = _Bar(open_time, end, min(end, s_close))
+        base = bars[0] = _Bar(open_time, end, min(end, s_close))
         self._floor = max(self._floor, open_time)
-        for i, cur in enumerate(upper):
-            if cur is None:
-                tf = tfs[i + 1]
+        for i in range(1, len(bars)):
+            if bars[i] is None:
+                tf = tfs[i]
                 if tf.daily:
-                    upper[i] = _Bar(s_open, s_close, s_close)
+                    bars[i] = _Bar(s_open, s_close, s_close)
                 else:
                     o = s_open + (ts - s_open) // tf.ns * tf.ns
-                    upper[i] = _Bar(o, o + tf.ns, min(o + tf.ns, s_close))
-        return bar
+                    bars[i] = _Bar(o, o + tf.ns, min(o + tf.ns, s_close))
+        return base
 
-    def _close_base(self, now: int, out: list[Candle]) -> None:
-        bar = self._base
+    def _close(self, i: int, now: int, out: list[Candle]) -> None:
+        """Emit the open bar of timeframe ``i`` and fold it into the bars built from it."""
+        bar = self._bars[i]
         assert bar is not None
-        self._emit(self.timeframes[0], bar, True, now, out)
-        for cur in self._upper:
-            if cur is not None:
-                cur.fold(bar)
-        self._base = None
+        self._bars[i] = None
+        if i:
+            self._floor = max(self._floor, bar.end)
+        if bar.first_ts < 0:  # nothing was folded in (cannot happen for the base)
+            return
+        self._emit(self.timeframes[i], bar, True, now, out)
+        for k in self._children[i]:
+            child = self._bars[k]
+            if child is not None:
+                child.fold(bar)
 
     # ------------------------------------------------------------------ time
 
     def next_close_at(self) -> int | None:
         """The earliest close time among open bars (the live flow's timer adds its grace)."""
-        if self._base is not None:
-            return self._base.close_at
-        closes = [b.close_at for b in self._upper if b is not None]
+        base = self._bars[0]
+        if base is not None:
+            return base.close_at
+        closes = [b.close_at for b in self._bars if b is not None]
         return min(closes) if closes else None
 
     def close_due(self, until: int, now: int, out: list[Candle]) -> None:
         """Close every open bar whose close time is at or before ``until`` (event-time ns)."""
-        if self._base is not None and self._base.close_at <= until:
-            self._floor = max(self._floor, self._base.end)
-            self._close_base(now, out)
-        if self._base is None:
-            for i, cur in enumerate(self._upper):
-                if cur is not None and cur.close_at <= until:
-                    if cur.first_ts >= 0:
-                        self._emit(self.timeframes[i + 1], cur, True, now, out)
+        bars = self._bars
+        for i in range(len(bars)):  # a bar is due no later than the coarser bars containing it
+            cur = bars[i]
+            if cur is not None and cur.close_at <= until:
+                if i == 0:
                     self._floor = max(self._floor, cur.end)
-                    self._upper[i] = None
+                self._close(i, now, out)
 
     def flush(self, now: int, out: list[Candle]) -> None:
         """Close every open bar (end of a replay)."""
-        if self._base is not None:
-            self._close_base(now, out)
-        for i, cur in enumerate(self._upper):
-            if cur is not None and cur.first_ts >= 0:
-                self._emit(self.timeframes[i + 1], cur, True, now, out)
-                self._floor = max(self._floor, cur.end)
-            self._upper[i] = None
+        for i in range(len(self._bars)):
+            if self._bars[i] is not None:
+                self._close(i, now, out)
 
     # ------------------------------------------------------------------ output
 
+    def _merged(self, i: int) -> _Bar | None:
+        """The open bar of timeframe ``i`` including the still-open finer bars inside it."""
+        cur = self._bars[i]
+        if i == 0 or cur is None:
+            return cur
+        inner = self._merged(self._parent[i])
+        if inner is None or inner.first_ts < 0:
+            return cur
+        merged = _Bar(cur.open_time, cur.end, cur.close_at)
+        if cur.first_ts >= 0:
+            merged.fold(cur)
+        merged.fold(inner)
+        return merged
+
     def _emit_partials(self, now: int, out: list[Candle]) -> None:
-        base = self._base
-        if base is None:
-            return
         for i in self._partial_idx:
-            if i == 0:
-                self._emit(self.timeframes[0], base, False, now, out)
-                continue
-            cur = self._upper[i - 1]
-            if cur is None:
-                continue
-            merged = _Bar(cur.open_time, cur.end, cur.close_at)
-            merged.fold(cur) if cur.first_ts >= 0 else None
-            merged.fold(base)
-            self._emit(self.timeframes[i], merged, False, now, out)
+            bar = self._merged(i)
+            if bar is not None and bar.first_ts >= 0:
+                self._emit(self.timeframes[i], bar, False, now, out)
 
     def _emit(self, tf: Timeframe, b: _Bar, final: bool, now: int, out: list[Candle]) -> None:
         out.append(
