@@ -36,6 +36,7 @@ class FlowHealth(BaseModel):
     restarts: int
     uptime_s: float | None
     detail: str = ""
+    metrics_url: str | None = None
 
 
 class Health(BaseModel):
@@ -91,6 +92,7 @@ def _flow_health(fs: FlowStatus) -> FlowHealth:
         restarts=fs.restarts,
         uptime_s=round(time.time() - fs.started_at, 1) if fs.started_at else None,
         detail=fs.detail,
+        metrics_url=f"http://127.0.0.1:{fs.metrics_port}/metrics" if fs.metrics_port else None,
     )
 
 

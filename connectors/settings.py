@@ -59,7 +59,8 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    metrics_port_base: Annotated[int, Field(ge=1024, le=65000)] = 9300
+    metrics_port_base: Annotated[int, Field(ge=1024, le=65000)] = 9300  # flows get base, base+1, ...
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None  # set per flow by the supervisor
 
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -17,6 +17,7 @@ class FlowStatus(msgspec.Struct, kw_only=True):
     restarts: int = 0
     started_at: float | None = None
     detail: str = ""
+    metrics_port: int | None = None  # the child's Prometheus endpoint on 127.0.0.1
 
 
 def status_path(home: Path) -> Path:

@@ -235,16 +235,15 @@ def up(
 
     env = process_env(s)
     env.update({f"TICKTAPE_{k.upper()}": str(v) for k, v in overrides.items()})
+    flows = [("persist", "flows.persist", {}), ("live", "flows.live", {})]
+    flows += [
+        ("ingest" if s.ingest_processes == 1 else f"ingest-{i}", "flows.ingest", {"TICKTAPE_INGEST_SHARD": str(i)})
+        for i in range(s.ingest_processes)
+    ]
     specs = [
-        ChildSpec("persist", flow_argv("flows.persist"), env),
-        ChildSpec("live", flow_argv("flows.live"), env),
         *(
-            ChildSpec(
-                "ingest" if s.ingest_processes == 1 else f"ingest-{i}",
-                flow_argv("flows.ingest"),
-                {**env, "TICKTAPE_INGEST_SHARD": str(i)},
-            )
-            for i in range(s.ingest_processes)
+            ChildSpec(name, flow_argv(module), {**env, **extra}, metrics_port=s.metrics_port_base + k)
+            for k, (name, module, extra) in enumerate(flows)
         ),
         ChildSpec(
             "api",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -59,6 +60,17 @@ def flow_context(component: str) -> FlowContext:
     settings = load_settings()
     setup_logging(component, settings.log_format, settings.log_level)
     install_handlers()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.metrics_port, addr="127.0.0.1")
+        except OSError as exc:  # observability must not stop trading: say so loudly and go on
+            logging.getLogger(f"ticktape.{component}").error(
+                "cannot serve /metrics on 127.0.0.1:%d (%s); set TICKTAPE_METRICS_PORT_BASE to a free range",
+                settings.metrics_port,
+                exc,
+            )
     ep = endpoints(settings)
     catalog = load_catalog()
     if settings.topic_prefix:

@@ -30,6 +30,7 @@ class ChildSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    metrics_port: int | None = None  # passed as TICKTAPE_METRICS_PORT and shown in flows.json
 
 
 @dataclass
@@ -69,8 +70,12 @@ class Supervisor:
         logdir.mkdir(parents=True, exist_ok=True)
         # Children log to our stderr (one terminal) and are in their own session: Ctrl-C
         # reaches only us, and we stop them in order.
+        env = (
+            c.spec.env if c.spec.metrics_port is None else {**c.spec.env, "TICKTAPE_METRICS_PORT": str(c.spec.metrics_port)}
+        )
+        c.status.metrics_port = c.spec.metrics_port
         c.proc = subprocess.Popen(
-            c.spec.argv, env=c.spec.env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+            c.spec.argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
         )
         c.status.pid, c.status.started_at = c.proc.pid, time.time()
         c.status.state, c.status.detail = "running", ""

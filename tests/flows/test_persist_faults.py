@@ -1,5 +1,7 @@
 """Persistence under faults: kill -9 of the persist flow mid-run, and of PostgreSQL mid-run.
 
+Ticks, depth snapshots and candles are all on the topics before the flow starts.
+
 The flow runs as the real entry point (``python -m bytewax.run flows.persist``) against the
 session broker and a PostgreSQL of its own (so killing it disturbs no other test). Afterwards
 every tick and depth snapshot is in its table exactly once.
@@ -19,24 +21,32 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from bytewax.testing import run_main
 
 from connectors import embedded
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.migrate import migrate
 from connectors.processes import pid_alive
-from tests.flows.test_ingest_persist import _expected, _ingest
+from flows import live
+from flows.pipeline import PipelineConfig
+from operators.analytics import AnalyticsConfig
+from schemas.codec import codec_for
+from schemas.market import Candle
+from tests.flows.test_ingest_persist import _expected, _ingest, _read_all
 
 pytestmark = pytest.mark.slow
 
 
-def _counts(url: str) -> tuple[int, int, int]:
+def _counts(url: str) -> tuple[int, int, int, int]:
+    """(ticks, distinct ticks, depth snapshots, candles)."""
     try:
         with psycopg.connect(url, connect_timeout=2) as conn:
             n, distinct = conn.execute("SELECT count(*), count(DISTINCT (instrument_id, seq)) FROM tick_data").fetchone()
             depth = conn.execute("SELECT count(*) FROM order_book_snapshots").fetchone()[0]
-            return n, distinct, depth
+            candles = conn.execute("SELECT count(*) FROM ohlc_candles").fetchone()[0]
+            return n, distinct, depth, candles
     except psycopg.OperationalError:
-        return -1, -1, -1
+        return -1, -1, -1, -1
 
 
 _URL: list[str] = []
@@ -71,6 +81,16 @@ def test_kill9_of_persist_and_of_postgres_loses_and_duplicates_nothing(kafka, ca
         _URL.append(str(len(ticks)))
         with psycopg.connect(pg.url, autocommit=True) as conn:
             upsert_instruments(conn, cfg.universe)
+        # Candles from the analytics pipeline (replay), so md.candles holds a known set too.
+        acfg = AnalyticsConfig(timeframes=("1s", "1m", "5m"), indicators=("ema:3",), publish_timeframes=())
+        run_main(live.build(kafka, catalog, cfg.universe, PipelineConfig(analytics=acfg), tail=False))
+        candle_codec = codec_for(Candle)
+        finals = {
+            (c.instrument, c.timeframe, c.open_time)
+            for c in (candle_codec.decode(v) for v in _read_all(kafka, catalog.name("md.candles"), 4))
+            if c.final
+        }
+        assert len(finals) > 10_000
         prefix = catalog.name("md.ticks").removesuffix(".md.ticks")
         env = {
             **os.environ,
@@ -110,15 +130,22 @@ def test_kill9_of_persist_and_of_postgres_loses_and_duplicates_nothing(kafka, ca
         restarted = embedded.start_postgres(home, port=pg.port, owned=True, fast=False)
         assert restarted.port == pg.port
 
-        _wait(lambda: _counts(pg.url)[0] >= len(ticks), 90, "every tick to be stored", home, second)
+        _wait(
+            lambda: (c := _counts(pg.url))[0] >= len(ticks) and c[3] >= len(finals),
+            90,
+            "every tick and candle to be stored",
+            home,
+            second,
+        )
         time.sleep(1.0)  # anything extra (a duplicate) would land now
         second.send_signal(signal.SIGTERM)
         log = (home / "persist-1.log").read_text()
         assert second.wait(30) == 0, log[-2000:]
         assert "PostgreSQL unavailable" in log and "retrying batch" in log  # the outage was felt and ridden out
-        n, distinct, depth = _counts(pg.url)
+        n, distinct, depth, candles = _counts(pg.url)
         assert n == distinct == len(ticks)
         assert depth > 0
+        assert candles == len(finals)  # the primary key (time, instrument, timeframe) rules out duplicates
     finally:
         for p in procs:
             if p.poll() is None:

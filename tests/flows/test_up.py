@@ -29,7 +29,14 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
     home = Path(tempfile.mkdtemp(prefix="ticktape-up-"))
     os.chmod(home, 0o755)
     port = free_port()
-    env = {**os.environ, "TICKTAPE_HOME": str(home), "TICKTAPE_API_PORT": str(port), "TICKTAPE_SIM_INSTRUMENTS": "100"}
+    metrics_base = free_port()
+    env = {
+        **os.environ,
+        "TICKTAPE_HOME": str(home),
+        "TICKTAPE_API_PORT": str(port),
+        "TICKTAPE_SIM_INSTRUMENTS": "100",
+        "TICKTAPE_METRICS_PORT_BASE": str(metrics_base),
+    }
     env.pop("TICKTAPE_KAFKA_BOOTSTRAP", None)
     env.pop("TICKTAPE_DATABASE_URL", None)
     cli = Path(sys.executable).with_name("ticktape")
@@ -53,7 +60,16 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
         assert rows > 0, "no tick reached tick_data"
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert health.status_code == 200, health.text
-        assert health.json()["flows"]["ingest"]["status"] == "ok"
+        flows = health.json()["flows"]
+        assert {name: f["status"] for name, f in flows.items()} == {"ingest": "ok", "persist": "ok", "live": "ok"}
+        # Every flow serves Prometheus metrics; persist reports its lag behind the market.
+        persist_metrics = ""
+        while time.monotonic() < deadline and "ticktape_persist_lag_seconds{" not in persist_metrics:
+            persist_metrics = httpx.get(flows["persist"]["metrics_url"], timeout=5).text
+            time.sleep(0.3)
+        assert 'ticktape_persist_lag_seconds{table="tick_data"}' in persist_metrics
+        assert "ticktape_candles_closed_total" in httpx.get(flows["live"]["metrics_url"], timeout=5).text
+        assert "ticktape_ticks_out_total" in httpx.get(flows["ingest"]["metrics_url"], timeout=5).text
         pids = [state.broker.pid, state.postgres.pid] + [fs.pid for fs in read_flow_status(home).values() if fs.pid]
         assert len(pids) == 6  # broker, postgres, persist, live, ingest, api
         candles = 0
