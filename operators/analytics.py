@@ -6,7 +6,10 @@ timeframe's indicators (the seed's "data structure that triggers indicator updat
 pattern detector, so strategies read current values without recomputing anything. It emits
 the closed candles, an :class:`~schemas.analytics.IndicatorSnapshot` and any
 :class:`~schemas.analytics.PatternSignal` for the timeframes chosen for publication, and OI
-buildup changes for derivatives.
+buildup changes for derivatives. Snapshots also carry the nearest swing support and
+resistance of that timeframe (``swing.support``, ``swing.resistance``) and, once a daily bar
+has closed, the classic and Camarilla pivots for the next session (``pivot.p``,
+``pivot.r1``..``s3``, ``camarilla.r3``/``r4``/``s3``/``s4``).
 
 >>> from operators.candles import APPLIED
 >>> from schemas.market import Tick
@@ -32,6 +35,7 @@ from typing import Any
 
 from operators.candles import APPLIED, DEFAULT_TIMEFRAMES, IST_OFFSET_NS, CandleBook
 from operators.indicators import IndicatorSet
+from operators.levels import SwingLevels, camarilla_pivots, classic_pivots
 from operators.open_interest import OiTracker
 from operators.patterns import PatternDetector
 from schemas.analytics import IndicatorSnapshot, PatternSignal
@@ -78,7 +82,7 @@ class AnalyticsConfig:
 class InstrumentAnalytics:
     """Candles, per-timeframe indicators and patterns, and OI buildup for one instrument."""
 
-    __slots__ = ("_publish", "book", "indicators", "instrument", "oi", "patterns")
+    __slots__ = ("_publish", "book", "indicators", "instrument", "levels", "oi", "patterns", "pivots")
 
     def __init__(self, instrument: str, cfg: AnalyticsConfig, *, track_oi: bool = False) -> None:
         self.instrument = instrument
@@ -91,6 +95,9 @@ class InstrumentAnalytics:
         self.indicators = {tf: IndicatorSet(cfg.indicators) for tf in cfg.timeframes}
         self.patterns = {tf: PatternDetector() for tf in cfg.timeframes} if cfg.patterns else {}
         self._publish = frozenset(cfg.publish_timeframes)
+        # Swing support/resistance on the published timeframes; pivots from the last daily bar.
+        self.levels = {tf: SwingLevels() for tf in cfg.publish_timeframes}
+        self.pivots: dict[str, float] = {}
         self.oi = OiTracker(instrument, min_interval_ns=cfg.oi_min_interval_ns) if track_oi else None
 
     def on_tick(self, t: Tick, now: int, out: list[Any]) -> int:
@@ -131,7 +138,24 @@ class InstrumentAnalytics:
         ind.on_bar(c.open, c.high, c.low, c.close, float(c.volume), (c.open_time + IST_OFFSET_NS) // DAY_NS)
         det = self.patterns.get(tf)
         hits = det.update(c.open, c.high, c.low, c.close) if det is not None else ()
+        if tf == "1d" and c.low <= c.close <= c.high:
+            cl, cam = classic_pivots(c.high, c.low, c.close), camarilla_pivots(c.high, c.low, c.close)
+            self.pivots = {
+                "pivot.p": cl.p, "pivot.r1": cl.r1, "pivot.r2": cl.r2, "pivot.r3": cl.r3,
+                "pivot.s1": cl.s1, "pivot.s2": cl.s2, "pivot.s3": cl.s3,
+                "camarilla.r3": cam.r3, "camarilla.r4": cam.r4, "camarilla.s3": cam.s3, "camarilla.s4": cam.s4,
+            }  # fmt: skip
         if tf in self._publish:
+            values = ind.snapshot()
+            swings = self.levels[tf]
+            swings.update(c.high, c.low)
+            support, resistance = swings.support_below(c.close), swings.resistance_above(c.close)
+            if support is not None:
+                values["swing.support"] = support
+            if resistance is not None:
+                values["swing.resistance"] = resistance
+            if self.pivots:
+                values.update(self.pivots)
             out.append(
                 IndicatorSnapshot(
                     instrument=c.instrument,
@@ -139,7 +163,7 @@ class InstrumentAnalytics:
                     open_time=c.open_time,
                     ts_event=c.ts_event,
                     ts_init=now,
-                    values=ind.snapshot(),
+                    values=values,
                 )
             )
             for h in hits:

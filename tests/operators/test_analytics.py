@@ -1,0 +1,97 @@
+"""InstrumentAnalytics: closed candles drive indicators, patterns, levels and pivots."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+from operators.analytics import AnalyticsConfig, InstrumentAnalytics
+from operators.indicators import IndicatorSet
+from operators.levels import classic_pivots
+from schemas.analytics import IndicatorSnapshot, OiChange
+from schemas.market import Candle, Tick
+
+S = 10**9
+OPEN = 1_763_610_300 * S  # 2025-11-20 09:15 IST
+DAY = 86_400 * S
+
+
+def ticks(n: int, seed: int = 1, inst: str = "NSE:INFY", days: int = 2) -> list[Tick]:
+    rng = np.random.default_rng(seed)
+    out, px, vol, seq = [], 1000.0, 0, 0
+    for d in range(days):
+        vol = 0
+        for k in range(n):
+            seq += 1
+            px = round(px * (1 + rng.normal(0, 0.002)), 2)
+            vol += int(rng.integers(1, 100))
+            ts = OPEN + d * DAY + k * 20 * S
+            out.append(
+                Tick(
+                    instrument=inst,
+                    ts_event=ts,
+                    ts_init=ts,
+                    seq=seq,
+                    ltp=px,
+                    last_qty=1,
+                    volume=vol,
+                    oi=50_000 + seq * 10,
+                    bid=px,
+                    ask=px,
+                    bid_qty=1,
+                    ask_qty=1,
+                )
+            )
+    return out
+
+
+CFG = AnalyticsConfig(timeframes=("1m", "5m", "1d"), indicators=("ema:5", "rsi:5"), publish_timeframes=("5m", "1d"))
+
+
+def run(a: InstrumentAnalytics, ts: list[Tick]) -> list:
+    out: list = []
+    for t in ts:
+        a.on_tick(t, t.ts_event, out)
+    a.flush(ts[-1].ts_event, out)
+    return out
+
+
+def test_snapshots_follow_closed_candles_and_equal_an_indicator_set_fed_the_same_bars() -> None:
+    out = run(InstrumentAnalytics("NSE:INFY", CFG), ticks(1000))
+    candles = [e for e in out if isinstance(e, Candle) and e.timeframe == "5m"]
+    snaps = [e for e in out if isinstance(e, IndicatorSnapshot) and e.timeframe == "5m"]
+    assert len(snaps) == len(candles) > 50
+    ref = IndicatorSet(CFG.indicators)
+    for c, snap in zip(candles, snaps, strict=True):
+        ref.on_bar(c.open, c.high, c.low, c.close, float(c.volume), (c.open_time + 19_800 * S) // DAY)
+        assert snap.open_time == c.open_time
+        got = {k: v for k, v in snap.values.items() if "." not in k}
+        assert got == ref.snapshot()
+    assert any("swing.support" in s.values or "swing.resistance" in s.values for s in snaps)
+    assert not any(isinstance(e, IndicatorSnapshot) and e.timeframe == "1m" for e in out)  # not published
+
+
+def test_pivots_of_the_previous_session_are_in_the_next_days_snapshots() -> None:
+    out = run(InstrumentAnalytics("NSE:INFY", CFG), ticks(1000))
+    day1 = next(e for e in out if isinstance(e, Candle) and e.timeframe == "1d")
+    want = classic_pivots(day1.high, day1.low, day1.close)
+    day2 = [e for e in out if isinstance(e, IndicatorSnapshot) and e.timeframe == "5m" and e.open_time > OPEN + DAY // 2]
+    assert day2 and all(s.values["pivot.p"] == want.p and s.values["pivot.r1"] == want.r1 for s in day2)
+    day1_snaps = [e for e in out if isinstance(e, IndicatorSnapshot) and e.timeframe == "5m" and e.open_time < day1.ts_event]
+    assert all("pivot.p" not in s.values for s in day1_snaps)
+
+
+def test_derivatives_emit_oi_buildup_and_pickling_mid_stream_changes_nothing() -> None:
+    ts = ticks(600, seed=3, inst="NFO:NIFTY26NOVFUT")
+    whole = run(InstrumentAnalytics("NFO:NIFTY26NOVFUT", CFG, track_oi=True), ts)
+    assert any(isinstance(e, OiChange) for e in whole)
+    a = InstrumentAnalytics("NFO:NIFTY26NOVFUT", CFG, track_oi=True)
+    out: list = []
+    for t in ts[:500]:
+        a.on_tick(t, t.ts_event, out)
+    a = pickle.loads(pickle.dumps(a))
+    for t in ts[500:]:
+        a.on_tick(t, t.ts_event, out)
+    a.flush(ts[-1].ts_event, out)
+    assert out == whole
