@@ -123,14 +123,17 @@ class Supervisor:
             log.info("%s received: stopping", signal.Signals(signum).name)
             self.stopping.set()
 
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
-        while not self.stopping.is_set() and self.failure is None:
-            self.poll()
-            if callable(on_tick):
-                on_tick()
-            self.stopping.wait(0.25)
-        self.stop()
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self.stopping.is_set() and self.failure is None:
+                self.poll()
+                if callable(on_tick):
+                    on_tick()
+                self.stopping.wait(0.25)
+            self.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if self.failure:
             log.error(self.failure)
             return 1
