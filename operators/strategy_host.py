@@ -1,0 +1,178 @@
+"""Strategy evaluation for one instrument: isolation, enable/disable, re-configuration.
+
+A :class:`StrategyHost` holds every deployed strategy instance subscribed to one instrument.
+On a closed candle it builds each subscriber's read-only context (indicator values of that
+timeframe, recent candles, the instance's position) and collects the target positions. A
+strategy that raises - or returns something that is not a target for this instrument - is
+isolated: a :class:`~schemas.risk.StrategyError` is emitted, and after ``max_errors``
+consecutive failures the instance is disabled; the others keep running. Enable, disable and
+configure arrive as control commands and apply to the instance everywhere it runs.
+
+>>> from strategies.base import Strategy, StrategyParams
+>>> from strategies.registry import StrategyRegistry
+>>> reg = StrategyRegistry()
+>>> @reg.register("boom")
+... class Boom(Strategy[StrategyParams]):
+...     Params = StrategyParams
+...     def on_candle(self, ctx, candle):
+...         raise ZeroDivisionError("bad math")
+>>> host = StrategyHost("NSE:INFY", [Deployment("b1", "boom", reg.params("boom", {"timeframe": "1m"}))], reg,
+...                     max_errors=2)
+>>> from schemas.market import Candle
+>>> c = Candle(instrument="NSE:INFY", timeframe="1m", open_time=0, ts_event=60, ts_init=60, open=1.0, high=1.0,
+...            low=1.0, close=1.0, volume=1, trade_count=1, vwap=1.0, oi=0, final=True)
+>>> [(e.error_count, e.disabled) for e in host.on_candle(c, {}, now=60) + host.on_candle(c, {}, now=61)]
+[(1, False), (2, True)]
+>>> host.on_candle(c, {}, now=62)
+[]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
+from schemas.market import Candle
+from schemas.orders import TargetPosition
+from schemas.risk import StrategyError
+from strategies.base import Strategy, StrategyContext, StrategyParams
+from strategies.registry import StrategyRegistry
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One configured instance of a registered strategy."""
+
+    strategy_id: str  # unique per deployment; appears in signals, orders and the strategies table
+    kind: str  # the registry name, e.g. "ema_crossover"
+    params: StrategyParams
+    account: str = "paper"
+    enabled: bool = True
+
+    def subscribes(self, instrument: str) -> bool:
+        return not self.params.instruments or instrument in self.params.instruments
+
+
+class _Instance:
+    __slots__ = ("deployment", "enabled", "errors", "strategy")
+
+    def __init__(self, deployment: Deployment, strategy: Strategy[Any]) -> None:
+        self.deployment, self.strategy = deployment, strategy
+        self.enabled = deployment.enabled
+        self.errors = 0  # consecutive failures
+
+
+class StrategyHost:
+    """Every strategy instance of one instrument (see the module docstring)."""
+
+    def __init__(
+        self,
+        instrument: str,
+        deployments: Iterable[Deployment],
+        registry: StrategyRegistry,
+        *,
+        max_errors: int = 3,
+    ) -> None:
+        self.instrument = instrument
+        self.registry = registry
+        self.max_errors = max_errors
+        self.instances: dict[str, _Instance] = {}
+        self.history: dict[str, deque[Candle]] = {}
+        self.positions: dict[str, int] = {}  # strategy_id -> signed position (fed back from the portfolio)
+        for d in deployments:
+            if d.subscribes(instrument):
+                self._install(d)
+
+    def _install(self, d: Deployment) -> None:
+        cls = self.registry[d.kind]
+        self.instances[d.strategy_id] = _Instance(d, cls(d.params))
+        tf = d.params.timeframe
+        need = max(cls.warmup(d.params), 1) + 1
+        cur = self.history.get(tf)
+        if cur is None or (cur.maxlen or 0) < need:
+            self.history[tf] = deque(cur or (), maxlen=need)
+
+    @property
+    def timeframes(self) -> frozenset[str]:
+        return frozenset(i.deployment.params.timeframe for i in self.instances.values())
+
+    # ------------------------------------------------------------------ market data
+
+    def on_candle(self, candle: Candle, indicators: Mapping[str, float], now: int) -> list[Any]:
+        """Targets of every enabled subscriber of this candle's timeframe, plus StrategyErrors."""
+        hist = self.history.get(candle.timeframe)
+        if hist is None or not candle.final:
+            return []
+        hist.append(candle)
+        out: list[Any] = []
+        for sid, inst in self.instances.items():
+            d = inst.deployment
+            if not inst.enabled or d.params.timeframe != candle.timeframe:
+                continue
+            ctx = StrategyContext.build(
+                strategy_id=sid,
+                account=d.account,
+                candle=candle,
+                indicators=indicators,
+                candles=hist,
+                position=self.positions.get(sid, 0),
+                params=d.params,
+            )
+            try:
+                targets = inst.strategy.on_candle(ctx, candle)
+                for t in targets:
+                    if type(t) is not TargetPosition or t.instrument != self.instrument or t.strategy != sid:
+                        msg = f"on_candle must return TargetPositions for {self.instrument} by {sid}, got {t!r}"
+                        raise TypeError(msg)  # a contract breach is handled like a crash
+            except Exception as exc:  # one failing strategy must never stop the others
+                out.append(self._failed(inst, exc, candle, now))
+                continue
+            inst.errors = 0
+            out.extend(targets)
+        return out
+
+    def _failed(self, inst: _Instance, exc: Exception, candle: Candle, now: int) -> StrategyError:
+        inst.errors += 1
+        if inst.errors >= self.max_errors:
+            inst.enabled = False
+        return StrategyError(
+            strategy=inst.deployment.strategy_id,
+            instrument=self.instrument,
+            error_type=type(exc).__name__,
+            message=str(exc)[:500],
+            error_count=inst.errors,
+            disabled=not inst.enabled,
+            ts_event=candle.ts_event,
+            ts_init=now,
+        )
+
+    def on_position(self, strategy_id: str, qty: int) -> None:
+        self.positions[strategy_id] = qty
+
+    # ------------------------------------------------------------------ control
+
+    def control(self, cmd: EnableStrategy | DisableStrategy | ConfigureStrategy) -> bool:
+        """Apply a command if it concerns one of our instances; True if something changed.
+
+        Configure validates the new params first (raising ``ParamsError`` naming the field) and
+        then replaces the instance, whose internal state starts afresh.
+        """
+        inst = self.instances.get(cmd.strategy)
+        if inst is None:
+            return False
+        if isinstance(cmd, EnableStrategy):
+            inst.enabled, inst.errors = True, 0
+        elif isinstance(cmd, DisableStrategy):
+            inst.enabled = False
+        else:
+            d = inst.deployment
+            params = self.registry.params(d.kind, cmd.params)
+            new = Deployment(d.strategy_id, d.kind, params, d.account, inst.enabled)
+            if not new.subscribes(self.instrument):
+                del self.instances[cmd.strategy]
+                return True
+            self._install(new)
+        return True

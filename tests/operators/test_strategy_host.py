@@ -1,0 +1,157 @@
+"""StrategyHost: isolation of failing strategies, enable/disable/configure, history and positions."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from operators.strategy_host import Deployment, StrategyHost
+from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
+from schemas.market import Candle
+from schemas.orders import TargetPosition
+from schemas.risk import StrategyError
+from strategies.base import Strategy, StrategyContext, StrategyParams
+from strategies.registry import ParamsError, StrategyRegistry
+
+REG = StrategyRegistry()
+
+
+class FollowParams(StrategyParams, frozen=True, kw_only=True):
+    lookback: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lookback < 1:
+            msg = f"lookback: expected >= 1, got {self.lookback}"
+            raise ValueError(msg)
+
+
+@REG.register("follow")
+class Follow(Strategy[FollowParams]):
+    """Long while the close is above the close ``lookback`` bars ago, flat otherwise."""
+
+    Params = FollowParams
+
+    @classmethod
+    def warmup(cls, params: FollowParams) -> int:
+        return params.lookback + 1
+
+    def on_candle(self, ctx: StrategyContext[FollowParams], candle: Candle) -> list[TargetPosition]:
+        if len(ctx.candles) <= ctx.params.lookback:
+            return []
+        want = ctx.params.qty if candle.close > ctx.candles[-1 - ctx.params.lookback].close else 0
+        return [] if want == ctx.position else [self.target(ctx, candle, want, "follow", stop_loss=candle.low)]
+
+
+@REG.register("flaky")
+class Flaky(Strategy[StrategyParams]):
+    Params = StrategyParams
+
+    def __init__(self, params: StrategyParams) -> None:
+        super().__init__(params)
+        self.calls = 0
+
+    def on_candle(self, ctx: StrategyContext[StrategyParams], candle: Candle) -> list[TargetPosition]:
+        self.calls += 1
+        if self.calls % 2:
+            msg = "odd call"
+            raise RuntimeError(msg)
+        return []
+
+
+@REG.register("liar")
+class Liar(Strategy[StrategyParams]):
+    Params = StrategyParams
+
+    def on_candle(self, ctx: StrategyContext[StrategyParams], candle: Candle) -> list[TargetPosition]:
+        return ["BUY"]  # type: ignore[list-item]
+
+
+def candle(k: int, close: float, tf: str = "1m", inst: str = "NSE:INFY") -> Candle:
+    t = 1_763_610_300 * 10**9 + k * 60 * 10**9
+    return Candle(
+        instrument=inst,
+        timeframe=tf,
+        open_time=t,
+        ts_event=t + 60 * 10**9,
+        ts_init=t,
+        open=close,
+        high=close + 1,
+        low=close - 1,
+        close=close,
+        volume=1,
+        trade_count=1,
+        vwap=close,
+        oi=0,
+        final=True,
+    )
+
+
+def dep(sid: str, kind: str, **params: object) -> Deployment:
+    return Deployment(sid, kind, REG.params(kind, {"timeframe": "1m", **params}))
+
+
+def cmd(cls: type, **kw: object) -> object:
+    return cls(command_id="c1", account="paper", issued_by="test", ts_event=0, ts_init=0, **kw)
+
+
+def test_a_failing_strategy_is_isolated_and_disabled_after_repeated_errors() -> None:
+    host = StrategyHost("NSE:INFY", [dep("f1", "follow", qty=3), dep("x1", "liar")], REG, max_errors=2)
+    out = []
+    for k, px in enumerate([10, 11, 12, 13, 9, 8]):
+        out += host.on_candle(candle(k, px), {}, now=k)
+    errors = [e for e in out if isinstance(e, StrategyError)]
+    assert [(e.strategy, e.error_count, e.disabled, e.error_type) for e in errors] == [
+        ("x1", 1, False, "TypeError"),
+        ("x1", 2, True, "TypeError"),
+    ]
+    targets = [e for e in out if isinstance(e, TargetPosition)]
+    assert targets and all(t.strategy == "f1" and t.stop_loss is not None for t in targets)  # f1 unaffected
+
+
+def test_errors_must_be_consecutive_to_disable() -> None:
+    host = StrategyHost("NSE:INFY", [dep("fl", "flaky")], REG, max_errors=2)
+    out = [e for k in range(10) for e in host.on_candle(candle(k, 10.0), {}, now=k)]
+    assert len(out) == 5 and not any(e.disabled for e in out)  # fail, succeed, fail, ...: never twice in a row
+
+
+def test_positions_gate_duplicate_targets_and_control_commands_apply() -> None:
+    host = StrategyHost("NSE:INFY", [dep("f1", "follow", qty=2)], REG)
+    first = (
+        host.on_candle(candle(0, 10), {}, 0) + host.on_candle(candle(1, 10), {}, 1) + host.on_candle(candle(2, 12), {}, 2)
+    )
+    assert [t.target_qty for t in first] == [2]
+    host.on_position("f1", 2)
+    assert host.on_candle(candle(3, 13), {}, 3) == []  # already long: nothing to say
+    assert host.control(cmd(DisableStrategy, strategy="f1"))
+    assert host.on_candle(candle(4, 5), {}, 4) == []
+    assert host.control(cmd(EnableStrategy, strategy="f1"))
+    assert [t.target_qty for t in host.on_candle(candle(5, 5), {}, 5)] == [0]
+    assert not host.control(cmd(EnableStrategy, strategy="someone-else"))
+    with pytest.raises(ParamsError, match="lookback"):
+        host.control(cmd(ConfigureStrategy, strategy="f1", params={"timeframe": "1m", "lookback": 0}))
+    assert host.control(cmd(ConfigureStrategy, strategy="f1", params={"timeframe": "1m", "lookback": 1, "qty": 7}))
+    assert host.instances["f1"].deployment.params.qty == 7
+    # a re-configuration that no longer subscribes to this instrument removes the instance here
+    assert host.control(cmd(ConfigureStrategy, strategy="f1", params={"instruments": ["NSE:TCS"]}))
+    assert "f1" not in host.instances
+
+
+def test_only_subscribers_of_the_timeframe_and_instrument_run_and_state_pickles() -> None:
+    host = StrategyHost(
+        "NSE:INFY",
+        [
+            dep("f1", "follow"),
+            Deployment("t1", "follow", REG.params("follow", {"timeframe": "5m", "instruments": ["NSE:TCS"]})),
+        ],
+        REG,
+    )
+    assert set(host.instances) == {"f1"} and host.timeframes == {"1m"}
+    assert host.on_candle(candle(0, 10, tf="5m"), {}, 0) == []
+    for k in range(3):
+        host.on_candle(candle(k, 10 + k), {}, k)
+    clone = pickle.loads(pickle.dumps(host))
+    a = host.on_candle(candle(3, 1), {}, 3)
+    b = clone.on_candle(candle(3, 1), {}, 3)
+    assert a == b
