@@ -29,7 +29,7 @@ from connectors.kafka import OutRecord, ProducerSink
 from connectors.shutdown import STOP
 from operators.validation import TickValidator
 from schemas.codec import encode
-from schemas.market import Instrument, RejectedEvent, RejectReason
+from schemas.market import Instrument, RejectReason, rejected
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.ingest")
@@ -205,15 +205,7 @@ class ValidateLogic(op.StatefulBatchLogic[tuple[str, Any], OutRecord, TickValida
         self, topic: str, instrument: str | None, reason: RejectReason, detail: str, payload: bytes, ts: int
     ) -> OutRecord:
         REJECTED.labels(reason.value).inc()
-        ev = RejectedEvent(
-            source_topic=topic,
-            instrument=instrument,
-            reason=reason,
-            detail=detail,
-            payload=payload.decode("utf-8", "replace"),
-            ts_event=ts,
-            ts_init=ts,
-        )
+        ev = rejected(topic, instrument, reason, detail, payload, ts)
         return OutRecord(self.t_dlq, instrument or "", encode(ev))
 
     def snapshot(self) -> TickValidator:

@@ -33,7 +33,7 @@ from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION
 from operators.market_summary import MarketSummaryBook
 from operators.open_interest import OptionChain, option_chains
 from schemas.codec import DecodeError, encode
-from schemas.market import Candle, Instrument, InstrumentType, RejectedEvent, RejectReason, Tick
+from schemas.market import Candle, Instrument, InstrumentType, RejectReason, Tick, rejected
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.pipeline")
@@ -114,6 +114,7 @@ class Reject(NamedTuple):
     reason: RejectReason
     detail: str
     payload: bytes
+    ts: int = 0  # event time of the tick, when it decoded
 
 
 _TICK_DECODER = msgspec.json.Decoder(Tick)
@@ -173,7 +174,7 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
             if outcome:
                 if outcome == LATE:
                     TICKS_IGNORED.labels("late").inc()
-                    out.append(Reject(self.ticks_topic, t.instrument, RejectReason.LATE, _LATE, encode(t)))
+                    out.append(Reject(self.ticks_topic, t.instrument, RejectReason.LATE, _LATE, encode(t), t.ts_event))
                 elif outcome == DUPLICATE:
                     TICKS_IGNORED.labels("duplicate").inc()
                 elif outcome == OUTSIDE_SESSION:
@@ -351,15 +352,7 @@ def build_market(
                 if ev.final:
                     closed_by_tf[ev.timeframe] = closed_by_tf.get(ev.timeframe, 0) + 1
             elif kind is Reject:
-                rej = RejectedEvent(
-                    source_topic=ev.topic,
-                    instrument=ev.instrument,
-                    reason=ev.reason,
-                    detail=ev.detail,
-                    payload=ev.payload.decode("utf-8", "replace"),
-                    ts_event=0,
-                    ts_init=0,
-                )
+                rej = rejected(ev.topic, ev.instrument, ev.reason, ev.detail, ev.payload, ev.ts)
                 recs.append((t_dlq, ev.instrument or "", encode(rej)))
             else:
                 key = getattr(ev, "instrument", None) or getattr(ev, "underlying", None) or "market"

@@ -90,7 +90,7 @@ class InstrumentAnalytics:
             instrument,
             cfg.timeframes,
             partial_every_ns=cfg.partial_every_ns,
-            partial_timeframes=cfg.partial_timeframes,
+            partial_timeframes=cfg.partial_timeframes if cfg.partial_every_ns else (),
         )
         self.indicators = {tf: IndicatorSet(cfg.indicators) for tf in cfg.timeframes}
         self.patterns = {tf: PatternDetector() for tf in cfg.timeframes} if cfg.patterns else {}

@@ -144,3 +144,18 @@ class RejectedEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     payload: str
     ts_event: int
     ts_init: int
+
+
+def rejected(
+    source_topic: str, instrument: str | None, reason: RejectReason, detail: str, payload: bytes, ts: int
+) -> RejectedEvent:
+    """A dead-letter event for ``payload`` (the offending record's bytes, kept as text)."""
+    return RejectedEvent(
+        source_topic=source_topic,
+        instrument=instrument,
+        reason=reason,
+        detail=detail,
+        payload=payload.decode("utf-8", "replace"),
+        ts_event=ts,
+        ts_init=ts,
+    )

@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge
 from connectors.kafka import HEARTBEAT, Record
 from connectors.postgres import connect
 from schemas.codec import DecodeError, codec_for, encode
-from schemas.market import Candle, DepthSnapshot, RejectedEvent, RejectReason, Tick
+from schemas.market import Candle, DepthSnapshot, RejectReason, Tick, rejected
 
 log = logging.getLogger("ticktape.persist")
 
@@ -234,16 +234,7 @@ class _CopyPartition(StatelessSinkPartition[Record]):
     def _dead_letter(self, topic: str, instrument: str | None, reason: RejectReason, detail: str, value: bytes) -> None:
         if self._producer is None:
             self._producer = Producer(self._producer_conf)
-        now = time.time_ns()
-        ev = RejectedEvent(
-            source_topic=topic,
-            instrument=instrument,
-            reason=reason,
-            detail=detail,
-            payload=value.decode("utf-8", "replace"),
-            ts_event=now,
-            ts_init=now,
-        )
+        ev = rejected(topic, instrument, reason, detail, value, time.time_ns())
         self._producer.produce(self._dlq_topic, encode(ev), instrument or "")
         REJECTED.labels(reason.value).inc()
 

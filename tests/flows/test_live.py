@@ -147,3 +147,49 @@ def test_live_mode_closes_an_idle_instruments_bar_on_time(kafka: KafkaClientConf
     assert -50 <= late_by_ms <= 100, f"closed {late_by_ms:.0f} ms after bar end + grace"
     dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"), 1)]
     assert dlq == []  # live ticks in order: nothing late
+
+
+def test_late_and_undecodable_ticks_go_to_the_dead_letter_topic(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
+    universe = build_universe(DAY, 20)
+    inst = universe[7].instrument
+    base = 1_763_701_200 * S  # 10:30 IST
+    producer = Producer(kafka.producer())
+    topic = catalog.name("md.ticks")
+
+    def tick(sec: float, seq: int, px: float) -> Tick:
+        ts = base + int(sec * S)
+        return Tick(
+            instrument=inst,
+            ts_event=ts,
+            ts_init=ts,
+            seq=seq,
+            ltp=px,
+            last_qty=1,
+            volume=seq,
+            oi=0,
+            bid=px - 0.05,
+            ask=px + 0.05,
+            bid_qty=1,
+            ask_qty=1,
+        )
+
+    sent = [tick(0.1, 1, 100.0), tick(1.2, 2, 101.0), tick(0.5, 3, 150.0), tick(2.5, 4, 102.0)]  # seq 3 is late
+    for t in sent:
+        producer.produce(topic, encode(t), inst, partition=0)
+    producer.produce(topic, b'{"type":"Tick","ltp":', inst.encode(), partition=0)
+    assert producer.flush(10) == 0
+    acfg = AnalyticsConfig(timeframes=("1s",), indicators=("ema:3",), publish_timeframes=())
+    run_main(live.build(kafka, catalog, universe, PipelineConfig(analytics=acfg, open_interest=False), tail=False))
+
+    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"), 1)]
+    assert sorted(r.reason.value for r in dlq) == ["late", "malformed"]
+    late = next(r for r in dlq if r.reason.value == "late")
+    assert codec_for(Tick).decode(late.payload) == sent[2] and late.ts_event == sent[2].ts_event
+    malformed = next(r for r in dlq if r.reason.value == "malformed")
+    assert f"{topic}[0]@4" in malformed.detail
+    candles = [codec_for(Candle).decode(v) for v in _read_all(kafka, catalog.name("md.candles"), 4)]
+    assert [(c.open, c.high, c.close) for c in candles] == [
+        (100.0, 100.0, 100.0),
+        (101.0, 101.0, 101.0),
+        (102.0, 102.0, 102.0),
+    ]  # the late 150 rewrote nothing
