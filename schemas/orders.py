@@ -50,6 +50,16 @@ class OrderStatus(enum.StrEnum):
 _TERMINAL = frozenset({OrderStatus.COMPLETE, OrderStatus.CANCELLED, OrderStatus.REJECTED})
 
 
+class OrderPurpose(enum.StrEnum):
+    """Why an order exists; risk checks and the stop-loss manager treat each differently."""
+
+    ENTRY = "ENTRY"  # opens or increases a position: needs a stop-loss, counts toward exposure
+    EXIT = "EXIT"  # reduces or closes a position (strategy target, square-off, flatten)
+    STOP = "STOP"  # broker-side backstop stop (SL-M / GTT) placed after an entry fill
+    STOP_EXIT = "STOP_EXIT"  # market exit sent by the stop-loss manager when the stop level is hit
+    MANUAL = "MANUAL"  # an operator's order from the API / CLI
+
+
 class TargetPosition(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The signed position a strategy wants in one instrument (0 = flat)."""
 
@@ -82,6 +92,9 @@ class OrderIntent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     trigger_price: float | None = None
     signal_id: str = ""
     reason: str = ""
+    purpose: OrderPurpose = OrderPurpose.ENTRY
+    stop_loss: float | None = None  # entries: the protective stop the stop-loss manager arms on fill
+    take_profit: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < len(self.client_order_id) <= MAX_CLIENT_ORDER_ID:
@@ -90,6 +103,22 @@ class OrderIntent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
         if self.qty <= 0:
             msg = f"qty must be positive, got {self.qty}"
             raise ValueError(msg)
+
+
+class CancelOrder(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Ask the venue to cancel a working order; cancelling a terminal or unknown order is a no-op
+    answered with an :class:`OrderUpdate` carrying the current status (or REJECTED + reason)."""
+
+    client_order_id: str
+    account: str
+    instrument: str
+    ts_event: int
+    ts_init: int
+    reason: str = ""
+
+
+VenueRequest = OrderIntent | CancelOrder
+"""What ``ord.intents`` carries: new orders and cancels, keyed by account."""
 
 
 class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, tag=True):

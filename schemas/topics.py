@@ -32,6 +32,7 @@ VALUE_TYPES: dict[str, Any] = {
     "Instrument": market.Instrument,
     "TargetPosition": orders.TargetPosition,
     "OrderIntent": orders.OrderIntent,
+    "VenueRequest": orders.VenueRequest,
     "OrderUpdate": orders.OrderUpdate,
     "Fill": orders.Fill,
     "Position": orders.Position,
