@@ -24,6 +24,7 @@ class OrderType(enum.StrEnum):
     LIMIT = "LIMIT"
     SL = "SL"
     SL_M = "SL-M"
+    GTT = "GTT"  # good-till-triggered: dormant until the trigger is crossed, then a LIMIT at `price`
 
 
 class Product(enum.StrEnum):
