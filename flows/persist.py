@@ -1,4 +1,5 @@
-"""Persistence flow: market data (ticks, depth, closed candles) into PostgreSQL, exactly once.
+"""Persistence flow: market data (ticks, depth, closed candles) and the trading record (orders,
+order history, fills, positions, risk events, control commands) into PostgreSQL, exactly once.
 
     python -m bytewax.run flows.persist
 
@@ -18,6 +19,7 @@ from bytewax.dataflow import Dataflow
 
 from connectors.kafka import KafkaClientConfig, RecordSource, cluster_id
 from connectors.postgres.sinks import MARKET_TABLES, CopySink, stored_offsets
+from connectors.postgres.trading import TRADING_TABLES
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.persist")
@@ -34,7 +36,7 @@ def build(
     max_age_s: float = 0.5,
     consumer: str = CONSUMER,
 ) -> Dataflow:
-    tables = {catalog.name(base): spec for base, spec in MARKET_TABLES.items()}
+    tables = {catalog.name(base): spec for base, spec in (MARKET_TABLES | TRADING_TABLES).items()}
     cid = cluster_id(client.admin())
     start = stored_offsets(database_url, consumer, cid)
     if start:

@@ -140,6 +140,12 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     price: float | None = None
     trigger_price: float | None = None
     reason: str = ""
+    # Copied from the order, so a consumer that sees the update before the intent (they are
+    # on different topics) can still record the whole order.
+    strategy: str = ""
+    order_type: OrderType = OrderType.MARKET
+    product: Product = Product.MIS
+    purpose: OrderPurpose = OrderPurpose.ENTRY
 
 
 class Fill(msgspec.Struct, frozen=True, kw_only=True, tag=True):

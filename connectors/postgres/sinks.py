@@ -52,9 +52,14 @@ class TableSpec:
 
     table: str
     value_type: Any
-    stage_columns: str  # column definitions of stage_<table>; the second column is `symbol text`
+    # Column definitions of stage_<table>; the second column is `symbol text`. The sink appends
+    # `stage_seq bigint` (stream order), so merges can keep the newest of same-key rows.
+    stage_columns: str
     merge_sql: str  # INSERT INTO <table> ... SELECT ... FROM stage_<table> s JOIN instruments i ...
     row: Callable[[Any], tuple[Any, ...] | None]  # event -> (time, symbol, ...) or None to skip it
+    # False when the symbol column may name no instrument (risk events, control commands):
+    # rows are then not checked against the instruments table.
+    has_instrument: bool = True
 
     @property
     def stage(self) -> str:
@@ -193,6 +198,7 @@ class _CopyPartition(StatelessSinkPartition[Record]):
         self._offsets: dict[tuple[str, int], int] = {}
         self._unknown_sent: set[tuple[str, str]] = set()  # (topic, symbol) dead-lettered in this batch
         self._pending = 0
+        self._seq = 0  # appended to every staged row: merges order same-key rows by stream order
         self._oldest: float | None = None
         self._conn: psycopg.Connection | None = None
 
@@ -225,7 +231,8 @@ class _CopyPartition(StatelessSinkPartition[Record]):
         row = buf.spec.row(ev)
         if row is None:
             return
-        buf.rows.append(row)
+        self._seq += 1
+        buf.rows.append((*row, self._seq))
         buf.raws.append(value)
         self._pending += 1
         ts = getattr(ev, "ts_event", 0)
@@ -271,7 +278,8 @@ class _CopyPartition(StatelessSinkPartition[Record]):
             self._conn = connect(self._url)
             for buf in self._buffers.values():
                 self._conn.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS {buf.spec.stage} ({buf.spec.stage_columns}) ON COMMIT DELETE ROWS"
+                    f"CREATE TEMP TABLE IF NOT EXISTS {buf.spec.stage} ({buf.spec.stage_columns}, stage_seq bigint) "
+                    "ON COMMIT DELETE ROWS"
                 )
             self._conn.commit()
         conn = self._conn
@@ -293,6 +301,8 @@ class _CopyPartition(StatelessSinkPartition[Record]):
                 raise psycopg.OperationalError(msg)
 
     def _reject_unknown(self, conn: psycopg.Connection, topic: str, buf: _Buffer) -> None:
+        if not buf.spec.has_instrument:
+            return
         found = {r[0] for r in conn.execute(_UNKNOWN.format(stage=buf.spec.stage)).fetchall()}  # type: ignore[arg-type]
         missing = {sym for sym in found if (topic, sym) not in self._unknown_sent}  # not again on a retried commit
         if not missing:
