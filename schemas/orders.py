@@ -107,8 +107,9 @@ class OrderIntent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class CancelOrder(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Ask the venue to cancel a working order; cancelling a terminal or unknown order is a no-op
-    answered with an :class:`OrderUpdate` carrying the current status (or REJECTED + reason)."""
+    """Ask the venue to cancel a working order. A terminal order is answered with an
+    :class:`OrderUpdate` restating its status (reason "cancel refused: already ..."); an
+    unknown order gets no answer."""
 
     client_order_id: str
     account: str
