@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -103,6 +104,41 @@ def existing_topics(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]
         msg = f"cannot list topics: {exc}"
         raise KafkaUnavailable(msg) from exc
     return {name: len(t.partitions) for name, t in md.topics.items() if not name.startswith("__")}
+
+
+def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> high watermark`` (the offset the next record will get)."""
+    parts = existing_topics(client.admin(), timeout).get(topic)
+    if parts is None:
+        msg = f"topic {topic} does not exist (run `ticktape topics create`)"
+        raise KafkaUnavailable(msg)
+    c = Consumer(client.consumer())
+    try:
+        return {(topic, p): int(c.get_watermark_offsets(TopicPartition(topic, p), timeout)[1]) for p in range(parts)}
+    finally:
+        c.close()
+
+
+def last_values(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> list[bytes]:
+    """The newest record's value of every non-empty partition of ``topic``."""
+    ends = end_offsets(client, topic, timeout)
+    c = Consumer(client.consumer(**{"fetch.wait.max.ms": 10}))
+    out: list[bytes] = []
+    try:
+        for (t, p), hi in ends.items():
+            lo = int(c.get_watermark_offsets(TopicPartition(t, p), timeout)[0])
+            if hi <= lo:
+                continue
+            c.assign([TopicPartition(t, p, hi - 1)])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                m = c.poll(0.5)
+                if m is not None and not m.error():
+                    out.append(m.value() or b"")
+                    break
+    finally:
+        c.close()
+    return out
 
 
 def create_topics(admin: AdminClient, catalog: TopicCatalog, timeout: float = 15.0) -> list[str]:
@@ -277,6 +313,116 @@ class _RecordPartition(StatefulSourcePartition[Record, int]):
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
+    """Every partition of one topic, merged into event-time order (see :class:`OrderedSource`)."""
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topic: str,
+        offsets: dict[int, int],
+        ts_of: Callable[[bytes], int],
+        batch_size: int,
+        tail: bool,
+    ) -> None:
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+        self._topic, self._offsets, self._ts_of, self._batch_size = topic, dict(offsets), ts_of, batch_size
+        self._tail = tail
+        self._buffers: dict[int, deque[tuple[int, int, bytes | None, bytes | None]]] = {p: deque() for p in offsets}
+        self._at_end: set[int] = set()  # caught up: nothing buffered and nothing more in the log (yet)
+        self._counter = CONSUMED.labels(topic)
+
+    def next_batch(self) -> list[Record]:
+        if STOP.is_set():
+            raise StopIteration
+        buffers, ts_of, at_end = self._buffers, self._ts_of, self._at_end
+        for m in self._consumer.consume(self._batch_size, 0.02):
+            err, p, offset = m.error(), int(m.partition() or 0), int(m.offset() or 0)
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if offset >= self._offsets[p] + len(buffers[p]):
+                        at_end.add(p)
+                    continue
+                msg = f"error consuming {self._topic}[{p}]: {err}"
+                raise KafkaUnavailable(msg)
+            value = m.value()
+            buffers[p].append((ts_of(value or b""), offset, m.key(), value))
+            at_end.discard(p)
+        if not self._tail and len(at_end) == len(buffers) and not any(buffers.values()):
+            raise StopIteration
+        out: list[Record] = []
+        new, topic = tuple.__new__, self._topic
+        while len(out) < self._batch_size:
+            # The next record is the oldest head, but only once every partition that may still
+            # deliver something older has a head to compare with. A caught-up partition does
+            # not hold the others back: what it gets next is newer than what they hold.
+            best = -1
+            for p, buf in buffers.items():
+                if not buf:
+                    if p in at_end:
+                        continue
+                    best = -2
+                    break
+                if best < 0 or (buf[0][0], p) < (buffers[best][0][0], best):
+                    best = p
+            if best < 0:
+                break
+            _ts, offset, key, value = buffers[best].popleft()
+            self._offsets[best] = offset + 1
+            out.append(new(Record, (topic, best, offset, key, value)))
+        self._counter.inc(len(out))
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + timedelta(milliseconds=5)
+
+    def snapshot(self) -> dict[int, int]:
+        return dict(self._offsets)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
+    """One topic in event-time order, across all its partitions (one Bytewax partition).
+
+    Independent partitions are read at independent speeds, so a plain consumer interleaves
+    instruments by fetch timing - minutes apart when a backlog is read unpaced (a replay, the
+    catch-up after a restart). This source merges the partitions by ``ts_of(value)`` (ties by
+    partition, then offset) and only emits a record once every partition that is not caught
+    up has a head to compare with, so the flow sees the market in the order it happened and
+    a replay gives the same order on every run. Live (``tail=True``) a caught-up partition
+    never holds the others back. ``tail=False`` ends at the end of every partition. The
+    resume state is the next offset of each partition.
+    """
+
+    def __init__(
+        self,
+        client: KafkaClientConfig,
+        topic: str,
+        ts_of: Callable[[bytes], int],
+        *,
+        start: Mapping[tuple[str, int], int] | None = None,
+        tail: bool = False,
+        batch_size: int = 5000,
+    ) -> None:
+        self._client, self._topic, self._ts_of, self._tail = client, topic, ts_of, tail
+        self._start, self._batch_size = dict(start or {}), batch_size
+
+    def list_parts(self) -> list[str]:
+        if self._topic not in existing_topics(self._client.admin()):
+            msg = f"topic does not exist: {self._topic} (run `ticktape topics create`)"
+            raise KafkaUnavailable(msg)
+        return [f"merged@{self._topic}"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None) -> _MergedPartition:
+        n = existing_topics(self._client.admin())[self._topic]
+        offsets = resume_state or {p: self._start.get((self._topic, p), 0) for p in range(n)}
+        conf = self._client.consumer()
+        return _MergedPartition(conf, self._topic, offsets, self._ts_of, self._batch_size, self._tail)
 
 
 class RecordSource(FixedPartitionedSource[Record, int]):
