@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     candle_partial_ms: Annotated[int, Field(ge=0, le=60_000)] = 1000  # in-progress 1m updates; 0 = none
     indicators: str = "ema:9;ema:21;sma:20;rsi:14;macd:12,26,9;bbands:20,2;atr:14;adx:14;supertrend:10,3;vwap"
 
+    # Trading (flows.live): strategies from the strategies table, the paper venue by default.
+    trading: bool = True  # False: analytics only
+    trading_mode: Literal["paper"] = "paper"  # live broker execution is a later connector
+    strategy_warmup_days: Annotated[int, Field(ge=0, le=400)] = 5  # stored candles fed to strategies at start
+    snapshot_interval_s: Annotated[int, Field(ge=1, le=300)] = 5  # flows.live recovery snapshots (replay window)
+
     # Persistence flow.
     persist_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     persist_batch_ms: Annotated[int, Field(ge=10, le=60_000)] = 500

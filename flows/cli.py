@@ -22,6 +22,8 @@ services_app = typer.Typer(no_args_is_help=True, help="Embedded broker and Postg
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
 app.add_typer(services_app, name="services")
+strategies_app = typer.Typer(no_args_is_help=True, help="Strategy deployments: list, enable, disable, configure.")
+app.add_typer(strategies_app, name="strategies")
 console = Console()
 log = logging.getLogger("ticktape.cli")
 
@@ -194,6 +196,140 @@ def services_status() -> None:
         raise typer.Exit(1)
 
 
+# ----------------------------------------------------------------------------- control
+
+
+def _publish(s: Settings, cmd: object) -> None:
+    """Write one command to ctl.commands and wait until the broker has it."""
+    from confluent_kafka import Producer
+
+    from connectors.kafka import KafkaClientConfig
+    from schemas.codec import encode
+
+    ep = _endpoints(s)
+    producer = Producer(KafkaClientConfig.from_settings(s, ep.bootstrap).producer())
+    producer.produce(_catalog(s).name("ctl.commands"), encode(cmd), getattr(cmd, "account", "").encode())
+    if producer.flush(15):
+        console.print("[red]the command was not delivered to the broker[/red]")
+        raise typer.Exit(1)
+
+
+def _command_fields(account: str) -> dict[str, object]:
+    import getpass
+    import uuid
+
+    now = time.time_ns()
+    return {
+        "command_id": uuid.uuid4().hex[:20],
+        "account": account,
+        "issued_by": f"cli:{getpass.getuser()}",
+        "ts_event": now,
+        "ts_init": now,
+    }
+
+
+@app.command()
+def halt(
+    reason: Annotated[str, typer.Option(help="why trading stops (kept in risk_events)")],
+    account: Annotated[str, typer.Option(help="trading account")] = "paper",
+) -> None:
+    """Kill switch: refuse new entries, cancel working orders, flatten every position."""
+    from schemas.control import Halt
+
+    s = _settings()
+    cmd = Halt(reason=reason, **_command_fields(account))  # type: ignore[arg-type]
+    _publish(s, cmd)
+    console.print(f"[bold red]HALT[/bold red] sent for {account} (command {cmd.command_id})")
+
+
+@app.command()
+def resume(
+    reason: Annotated[str, typer.Option(help="why trading may resume")],
+    account: Annotated[str, typer.Option(help="trading account")] = "paper",
+) -> None:
+    """Leave HALTED or REDUCING: the only way back to ACTIVE."""
+    from schemas.control import Resume
+
+    s = _settings()
+    cmd = Resume(reason=reason, **_command_fields(account))  # type: ignore[arg-type]
+    _publish(s, cmd)
+    console.print(f"RESUME sent for {account} (command {cmd.command_id})")
+
+
+@strategies_app.command("list")
+def strategies_list() -> None:
+    """Deployments in the strategies table."""
+    from connectors.postgres import connect
+
+    s = _settings()
+    with connect(_endpoints(s).database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id, class_name, is_enabled, account, config::text FROM strategies ORDER BY id"
+        ).fetchall()
+    table = Table("id", "strategy", "enabled", "account", "params")
+    for sid, kind, enabled, account, config in rows:
+        table.add_row(sid, kind, "yes" if enabled else "no", account, config)
+    console.print(table)
+
+
+def _strategy_kind(s: Settings, sid: str) -> tuple[str, str]:
+    from connectors.postgres import connect
+
+    with connect(_endpoints(s).database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT class_name, account FROM strategies WHERE id = %s", (sid,)).fetchone()
+    if row is None:
+        console.print(f"[red]no strategy {sid!r} in the strategies table (see `ticktape strategies list`)[/red]")
+        raise typer.Exit(2)
+    return row[0], row[1]
+
+
+@strategies_app.command("enable")
+def strategies_enable(strategy_id: str) -> None:
+    from schemas.control import EnableStrategy
+
+    s = _settings()
+    _, account = _strategy_kind(s, strategy_id)
+    _publish(s, EnableStrategy(strategy=strategy_id, **_command_fields(account)))  # type: ignore[arg-type]
+    console.print(f"enable {strategy_id} sent")
+
+
+@strategies_app.command("disable")
+def strategies_disable(
+    strategy_id: str,
+    flatten: Annotated[bool, typer.Option(help="also close its open positions")] = False,
+) -> None:
+    from schemas.control import DisableStrategy
+
+    s = _settings()
+    _, account = _strategy_kind(s, strategy_id)
+    _publish(s, DisableStrategy(strategy=strategy_id, flatten=flatten, **_command_fields(account)))  # type: ignore[arg-type]
+    console.print(f"disable {strategy_id}{' with flatten' if flatten else ''} sent")
+
+
+@strategies_app.command("configure")
+def strategies_configure(
+    strategy_id: str,
+    params: Annotated[str, typer.Option(help="the whole params object as JSON, e.g. '{\"fast\": 5}'")],
+) -> None:
+    """Replace a deployment's params (validated here first: a bad field is refused by name)."""
+    import msgspec
+
+    import strategies.builtin  # noqa: F401
+    from schemas.control import ConfigureStrategy
+    from strategies.registry import REGISTRY, ParamsError
+
+    s = _settings()
+    kind, account = _strategy_kind(s, strategy_id)
+    try:
+        validated = REGISTRY.params(kind, params)
+    except ParamsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    raw = msgspec.json.decode(params)
+    _publish(s, ConfigureStrategy(strategy=strategy_id, params=raw, **_command_fields(account)))  # type: ignore[arg-type]
+    console.print(f"configure {strategy_id} sent: {msgspec.json.encode(validated).decode()}")
+
+
 # ----------------------------------------------------------------------------- up
 
 
@@ -205,7 +341,7 @@ def up(
     """Run the whole stack: broker, PostgreSQL, topics, migrations, flows and the API."""
     import os
 
-    from flows.runtime import process_env
+    from flows.runtime import process_env, recovery_env
     from flows.supervisor import ChildSpec, Supervisor, flow_argv
 
     overrides: dict[str, object] = {}
@@ -235,7 +371,13 @@ def up(
 
     env = process_env(s)
     env.update({f"TICKTAPE_{k.upper()}": str(v) for k, v in overrides.items()})
-    flows = [("persist", "flows.persist", {}), ("live", "flows.live", {})]
+    try:  # flows.live keeps its state (candles, strategies, desks) in Bytewax recovery
+        live_env = recovery_env(s.home_dir, "live", _cluster_id(s, ep), s.snapshot_interval_s)
+    except Exception as exc:
+        console.print(f"[red]start-up failed: recovery store: {exc}[/red]")
+        _stop_owned(s, started)
+        raise typer.Exit(1) from None
+    flows = [("persist", "flows.persist", {}), ("live", "flows.live", live_env)]
     flows += [
         ("ingest" if s.ingest_processes == 1 else f"ingest-{i}", "flows.ingest", {"TICKTAPE_INGEST_SHARD": str(i)})
         for i in range(s.ingest_processes)
@@ -280,17 +422,29 @@ def up(
     raise typer.Exit(code)
 
 
+def _cluster_id(s: Settings, ep) -> str:  # type: ignore[no-untyped-def]
+    from connectors.kafka import KafkaClientConfig, cluster_id
+
+    return cluster_id(KafkaClientConfig.from_settings(s, ep.bootstrap).admin())
+
+
 def _prepare(s: Settings, ep) -> None:  # type: ignore[no-untyped-def]
     from connectors.kafka import KafkaClientConfig, create_topics
     from connectors.postgres import connect
     from connectors.postgres.instruments import upsert_instruments
     from connectors.postgres.migrate import migrate
+    from connectors.postgres.strategies import demo_deployments, save_deployments
     from flows.ingest import sim_config_from_settings
 
     create_topics(KafkaClientConfig.from_settings(s, ep.bootstrap).admin(), _catalog(s))
+    universe = sim_config_from_settings(s).universe
     with connect(ep.database_url, autocommit=True) as conn:
         migrate(conn)
-        upsert_instruments(conn, sim_config_from_settings(s).universe)
+        upsert_instruments(conn, universe)
+        if s.trading and conn.execute("SELECT count(*) FROM strategies").fetchone()[0] == 0:
+            stocks = [i.instrument for i in universe if i.instrument_type.value == "EQ"][:20]
+            n = save_deployments(conn, demo_deployments(stocks))
+            log.info("no strategies deployed yet: added %d paper-trading demo deployments", n)
 
 
 def _wait_api(s: Settings, timeout: float = 30.0) -> None:
@@ -329,7 +483,8 @@ class _Reporter:
         by_kind = {t.rsplit(".", 1)[-1]: int(n) for t, n in rows_by_topic}
         rows = sum(by_kind.values())
         rate = (rows - self.last_rows) / (now - self.last) if self.last_rows is not None else 0.0
-        parts = ", ".join(f"{by_kind.get(k, 0):,} {k}" for k in ("ticks", "depth", "candles"))
+        kinds = {"ticks": "ticks", "depth": "depth", "candles": "candles", "intents": "orders", "fills": "fills"}
+        parts = ", ".join(f"{by_kind.get(k, 0):,} {name}" for k, name in kinds.items())
         suffix = f" ({rate:,.0f} records/s)" if self.last_rows is not None else ""
         console.print(f"persisted {parts}{suffix}", style="dim")
         self.last, self.last_rows = now, rows

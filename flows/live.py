@@ -1,4 +1,5 @@
-"""Live analytics flow: ``md.ticks`` into candles, indicators, patterns and OI analytics.
+"""Live flow: ``md.ticks`` into candles, indicators, patterns, OI analytics, strategies and the
+account desks (risk gate, stop-loss manager, paper venue).
 
     python -m bytewax.run flows.live
 
@@ -7,25 +8,54 @@ candles re-emitted for bars already stored change nothing downstream, every sink
 runs the shared pipeline (flows.pipeline) with a live clock - bars of instruments that stop
 ticking close at bar end + ``TICKTAPE_CANDLE_GRACE_MS`` - and publishes to md.candles,
 md.analytics and md.dlq (late ticks).
+
+Trading (``TICKTAPE_TRADING``, on by default): the deployments of the ``strategies`` table run
+inside each instrument's step, warmed with the stored candles of earlier sessions and with the
+day's retained ticks; only candles closing after the newest tick that was in md.ticks at start
+may trade, so replaying the day never re-trades it. Decisions go to sig.signals and to the
+account desks, whose orders, updates, fills, positions and risk events go to ord.*,
+pf.positions and risk.events. Control commands (ctl.commands) are read from the end of the
+topic at start: what was decided earlier is in the strategies and trading_state tables.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+import msgspec
+from bytewax.dataflow import Dataflow, Stream
 
-from connectors.kafka import KafkaClientConfig, ProducerSink, RecordSource
-from flows.pipeline import MarketClock, PipelineConfig, build_market
+from connectors.kafka import HEARTBEAT, KafkaClientConfig, OrderedSource, ProducerSink, Record, RecordSource
+from flows.pipeline import MarketClock, PipelineConfig, build_market, strategy_commands
+from flows.trading import TradingSetup, build_trading
 from operators.analytics import AnalyticsConfig
-from schemas.market import Instrument
+from operators.candles import parse_timeframe
+from schemas.codec import encode
+from schemas.control import Control
+from schemas.market import Candle, Instrument, RejectReason, rejected
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.live")
+_COMMAND = msgspec.json.Decoder(Control)
+
+
+class _EventTime(msgspec.Struct):
+    ts_event: int
+
+
+_EVENT_TIME = msgspec.json.Decoder(_EventTime)
+
+
+def _event_time(value: bytes) -> int:
+    try:
+        return _EVENT_TIME.decode(value).ts_event
+    except msgspec.DecodeError:
+        return 0  # undecodable: replayed first, and dead-lettered by the pipeline
 
 
 def analytics_config(settings: Any) -> AnalyticsConfig:
@@ -39,6 +69,23 @@ def analytics_config(settings: Any) -> AnalyticsConfig:
     )
 
 
+def _decode_commands(dlq: str) -> Any:
+    def decode(records: list[Record]) -> list[Any]:
+        out: list[Any] = []
+        for rec in records:
+            if rec is HEARTBEAT or rec.partition < 0:
+                continue
+            try:
+                out.append(_COMMAND.decode(rec.value or b""))
+            except msgspec.DecodeError as exc:
+                detail = f"{rec.topic}[{rec.partition}]@{rec.offset}: {exc}"
+                log.error("undecodable control command %s", detail)
+                out.append((dlq, "", encode(rejected(rec.topic, None, RejectReason.MALFORMED, detail, rec.value or b"", 0))))
+        return out
+
+    return decode
+
+
 def build(
     client: KafkaClientConfig,
     catalog: TopicCatalog,
@@ -47,28 +94,120 @@ def build(
     *,
     tail: bool = True,
     start: dict[tuple[str, int], int] | None = None,
+    trading: TradingSetup | None = None,
+    commands_start: Mapping[tuple[str, int], int] | None = None,
 ) -> Dataflow:
+    """The live (or, with ``tail=False`` and no clock, replay) flow. md.ticks is read in
+    event-time order across its partitions (:class:`OrderedSource`), so a backlog - a replay,
+    the catch-up after a restart - is seen in market order.
+
+    ``commands_start``: offsets of ctl.commands to start from (default: the beginning).
+    """
+    universe = list(universe)
     flow = Dataflow("live")
-    ticks = op.input("md", flow, RecordSource(client, [catalog.name("md.ticks")], start=start or {}, tail=tail))
-    streams = build_market(ticks, universe, catalog, cfg)
-    op.output("publish", streams.records, ProducerSink(client.producer()))
+    ticks_topic = catalog.name("md.ticks")
+    ticks = op.input("md", flow, OrderedSource(client, ticks_topic, _event_time, start=start, tail=tail))
+    strategy_cmds: Stream[tuple[str, Any]] | None = None
+    desk_cmds: Stream[Any] | None = None
+    dlq: Stream[Any] | None = None
+    if cfg.strategies is not None or trading is not None:
+        raw = op.input(
+            "ctl", flow, RecordSource(client, [catalog.name("ctl.commands")], start=commands_start or {}, tail=tail)
+        )
+        decoded = op.flat_map_batch("decode_commands", raw, _decode_commands(catalog.name("md.dlq")))
+        bad = op.branch("command_ok", decoded, lambda v: type(v) is not tuple)
+        dlq = bad.falses
+        strategy_cmds, desk_cmds = strategy_commands(bad.trues, universe)
+    streams = build_market(ticks, universe, catalog, cfg, strategy_cmds)
+    outputs = [streams.records]
+    if trading is not None:
+        outputs.append(build_trading(streams.decisions, desk_cmds, universe, catalog, trading, cfg.clock,
+                                     recovery=cfg.recovery))  # fmt: skip
+    if dlq is not None:
+        outputs.append(dlq)
+    records = outputs[0] if len(outputs) == 1 else op.merge("all_records", *outputs)
+    op.output("publish", records, ProducerSink(client.producer()))
     return flow
 
 
+def warm_candles(conn: Any, timeframes: Sequence[str], days: int) -> dict[str, list[Candle]]:
+    """Closed candles of the last ``days`` days per instrument, oldest first (strategy warm-up)."""
+    rows = conn.execute(
+        """SELECT i.symbol, c.timeframe, c.time, c.open_price, c.high_price, c.low_price, c.close_price, c.volume,
+                  c.trade_count, c.vwap, c.oi
+           FROM ohlc_candles c JOIN instruments i ON i.id = c.instrument_id
+           WHERE c.timeframe = ANY(%s) AND c.time >= NOW() - make_interval(days => %s)
+           ORDER BY i.symbol, c.time, c.timeframe""",
+        (list(timeframes), days),
+    ).fetchall()
+    out: dict[str, list[Candle]] = {}
+    for sym, tf, t, o, h, lo, c, v, n, vwap, oi in rows:
+        open_ns = int(t.timestamp()) * 10**9
+        close_ns = open_ns + parse_timeframe(tf).ns
+        out.setdefault(sym, []).append(
+            Candle(
+                instrument=sym,
+                timeframe=tf,
+                open_time=open_ns,
+                ts_event=close_ns,
+                ts_init=close_ns,
+                open=float(o),
+                high=float(h),
+                low=float(lo),
+                close=float(c),
+                volume=int(v or 0),
+                trade_count=int(n or 0),
+                vwap=float(vwap or c),
+                oi=int(oi or 0),
+                final=True,
+            )
+        )
+    return out
+
+
 def _flow_from_env() -> Dataflow:
+    import strategies.builtin  # noqa: F401  (registers the built-in strategies)
+    from connectors.kafka import end_offsets, last_values
     from connectors.postgres import connect
     from connectors.postgres.instruments import load_instruments
+    from connectors.postgres.strategies import halted_accounts, load_deployments
+    from flows.pipeline import StrategySetup
     from flows.runtime import flow_context
+    from schemas.codec import codec_for
+    from schemas.market import Tick
+    from strategies.registry import REGISTRY
 
     ctx = flow_context("live")
+    s = ctx.settings
+    clock = MarketClock(timedelta(milliseconds=s.candle_grace_ms))
     with connect(ctx.endpoints.database_url, autocommit=True) as conn:
         universe = load_instruments(conn)
-    cfg = PipelineConfig(
-        analytics=analytics_config(ctx.settings),
-        clock=MarketClock(timedelta(milliseconds=ctx.settings.candle_grace_ms)),
-    )
+        deployments = load_deployments(conn, REGISTRY) if s.trading else ()
+        halted = halted_accounts(conn) if s.trading else frozenset()
+        tfs = sorted({d.params.timeframe for d in deployments})
+        warm = warm_candles(conn, tfs, s.strategy_warmup_days) if deployments else {}
+    strat = trading = None
+    commands_start = None
+    if s.trading:
+        ticks_topic = ctx.catalog.name("md.ticks")
+        decode = codec_for(Tick).decode
+        newest = max((decode(v).ts_event for v in last_values(ctx.kafka, ticks_topic)), default=0)
+        strat = StrategySetup(deployments=deployments, trade_from=newest + 1, warm=warm)
+        accounts = tuple(sorted({d.account for d in deployments} | {"paper"}))
+        trading = TradingSetup(accounts=accounts, halted=halted)
+        commands_start = end_offsets(ctx.kafka, ctx.catalog.name("ctl.commands"))
+        log.info(
+            "trading on paper: %d deployments (%d enabled), accounts %s%s",
+            len(deployments),
+            sum(d.enabled for d in deployments),
+            ",".join(accounts),
+            f", HALTED: {','.join(sorted(halted))}" if halted else "",
+        )
+    # Under Bytewax recovery (``ticktape up`` sets it) snapshots must be copies, not the live state.
+    recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    cfg = PipelineConfig(analytics=analytics_config(s), clock=clock, strategies=strat, recovery=recovery)
     log.info("analytics for %d instruments, timeframes %s", len(universe), ",".join(cfg.analytics.timeframes))
-    return build(ctx.kafka, ctx.catalog, universe, cfg)
+    return build(ctx.kafka, ctx.catalog, universe, cfg, trading=trading, commands_start=commands_start)
 
 
 def __getattr__(name: str) -> Dataflow:

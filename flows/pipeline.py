@@ -17,7 +17,7 @@ import copy
 import logging
 import pickle
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -29,12 +29,17 @@ from prometheus_client import Counter
 
 from connectors.kafka import HEARTBEAT, Record
 from operators.analytics import AnalyticsConfig, InstrumentAnalytics
-from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION
+from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION, session_bounds
 from operators.market_summary import MarketSummaryBook
 from operators.open_interest import OptionChain, option_chains
+from operators.strategy_host import Deployment, StrategyHost
 from schemas.codec import DecodeError, encode
+from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
 from schemas.market import Candle, Instrument, InstrumentType, RejectReason, Tick, rejected
+from schemas.orders import TargetPosition
+from schemas.risk import StrategyError
 from schemas.topics import TopicCatalog
+from strategies.registry import REGISTRY, StrategyRegistry
 
 log = logging.getLogger("ticktape.pipeline")
 _LATE = "older than the open bar: its candle already closed"
@@ -97,6 +102,26 @@ class PipelineConfig:
     # at every epoch for every key touched, and a deep copy of 500 instruments' analytics
     # costs more than computing them, so the live state is handed over as is.
     recovery: bool = False
+    strategies: StrategySetup | None = None
+
+
+@dataclass(frozen=True)
+class StrategySetup:
+    """The strategies the flow runs, evaluated inside each instrument's step on closed candles."""
+
+    deployments: tuple[Deployment, ...]
+    registry: StrategyRegistry = field(default_factory=lambda: REGISTRY)
+    # Candles closing before this (ns) only warm the strategies; their targets are dropped. A
+    # fresh live start sets it to "now", so replaying the retained day never trades history;
+    # a restart from Bytewax recovery keeps the value its instruments were created with.
+    trade_from: int = 0
+    warm: Mapping[str, Sequence[Candle]] = field(default_factory=dict)  # stored closed candles, oldest first
+    max_errors: int = 3
+
+    def host(self, instrument: str) -> StrategyHost | None:
+        if not any(d.subscribes(instrument) for d in self.deployments):
+            return None
+        return StrategyHost(instrument, self.deployments, self.registry, max_errors=self.max_errors)
 
 
 def _snapshot(state: Any, recovery: bool) -> Any:
@@ -104,6 +129,13 @@ def _snapshot(state: Any, recovery: bool) -> Any:
 
 
 # ----------------------------------------------------------------------------- decode
+
+
+class PriceRun(NamedTuple):
+    """Consecutive applied ticks of one instrument, on their way to the trading desk."""
+
+    instrument: str
+    ticks: list[Tick]
 
 
 class Reject(NamedTuple):
@@ -149,28 +181,47 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
     def __init__(
         self,
         core: InstrumentAnalytics | None,
-        factory: Callable[[str], InstrumentAnalytics],
+        factory: Callable[[str, int], InstrumentAnalytics],
         clock: MarketClock | None,
         ticks_topic: str,
         recovery: bool,
+        prices: bool,
     ) -> None:
         self.core, self.factory, self.clock, self.ticks_topic = core, factory, clock, ticks_topic
-        self.recovery = recovery
+        self.recovery, self.prices = recovery, prices
         self.last_event = 0
 
-    def on_batch(self, values: list[Tick]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         core, clock = self.core, self.clock
         if core is None:
-            core = self.core = self.factory(values[0].instrument)
-        self.last_event = max(self.last_event, values[-1].ts_event)
+            first = next((v for v in values if type(v) is Tick), None)
+            if first is None:  # only commands for an instrument that has not ticked yet: nothing to do
+                return (), op.StatefulBatchLogic.RETAIN
+            core = self.core = self.factory(first.instrument, first.ts_event)
         out: list[Any] = []
+        prices = self.prices
+        run: list[Tick] = []  # ticks since the last decision, for the trading desk, in order
         for t in values:
+            if type(t) is not Tick:
+                self._command(core, t, out)
+                continue
+            if t.ts_event > self.last_event:  # noqa: PLR1730 (per tick: cheaper than max())
+                self.last_event = t.ts_event
             if clock is not None:
                 clock.observe(t.ts_event)
                 now = clock.now()
             else:
                 now = t.ts_event
+            mark = len(out)
             outcome = core.on_tick(t, now, out)
+            if prices:
+                if len(out) > mark and run and any(type(e) is TargetPosition for e in out[mark:]):
+                    # The decision was made on the candle before this tick: it reaches the desk
+                    # after the ticks of that candle and before this one.
+                    out.insert(mark, PriceRun(t.instrument, run))
+                    run = []
+                if not outcome:
+                    run.append(t)
             if outcome:
                 if outcome == LATE:
                     TICKS_IGNORED.labels("late").inc()
@@ -179,7 +230,27 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
                     TICKS_IGNORED.labels("duplicate").inc()
                 elif outcome == OUTSIDE_SESSION:
                     TICKS_IGNORED.labels("outside_session").inc()
+        if run:
+            out.append(PriceRun(run[0].instrument, run))
         return out, op.StatefulBatchLogic.RETAIN
+
+    def _command(self, core: InstrumentAnalytics, cmd: Any, out: list[Any]) -> None:
+        try:
+            core.control(cmd)
+        except ValueError as exc:  # bad params (ParamsError) or an uncomputed timeframe: refused, reported
+            now = self.clock.now() if self.clock is not None else self.last_event
+            out.append(
+                StrategyError(
+                    strategy=cmd.strategy,
+                    instrument=core.instrument,
+                    error_type=type(exc).__name__,
+                    message=f"command {cmd.command_id} refused: {exc}"[:500],
+                    error_count=0,
+                    disabled=False,
+                    ts_event=cmd.ts_event,
+                    ts_init=now,
+                )
+            )
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
@@ -281,6 +352,7 @@ class MarketStreams:
     records: Stream[tuple[str, str, bytes]]  # (topic, key, value) for ProducerSink
     candles: Stream[Candle]  # closed and in-progress candles, for downstream (strategy) steps
     analytics: Stream[Any]  # IndicatorSnapshot, PatternSignal, OiChange, OptionChainStats, MarketSummary
+    decisions: Stream[Any]  # TargetPosition, StrategyError and PriceRun, in each instrument's order
 
 
 def build_market(
@@ -288,8 +360,11 @@ def build_market(
     universe: Iterable[Instrument],
     catalog: TopicCatalog,
     cfg: PipelineConfig,
+    commands: Stream[tuple[str, Any]] | None = None,
 ) -> MarketStreams:
-    """Add the market-analytics steps to the flow that owns ``ticks`` (md.ticks records)."""
+    """Add the market-analytics steps (and, with ``cfg.strategies``, strategy evaluation) to the
+    flow that owns ``ticks`` (md.ticks records). ``commands`` are strategy commands keyed by
+    instrument (see :func:`strategy_commands`)."""
     universe = list(universe)
     derivatives = {i.instrument for i in universe if i.instrument_type in _DERIVATIVES} if cfg.open_interest else set()
     chains = option_chains(universe, min_interval_ns=cfg.chain_min_interval_ns) if cfg.open_interest else {}
@@ -301,16 +376,37 @@ def build_market(
         by_member.setdefault(under, []).append((under, expiry))
     t_ticks, t_candles = catalog.name("md.ticks"), catalog.name("md.candles")
     t_analytics, t_dlq = catalog.name("md.analytics"), catalog.name("md.dlq")
+    t_signals, t_risk = catalog.name("sig.signals"), catalog.name("risk.events")
     acfg, clock, rec = cfg.analytics, cfg.clock, cfg.recovery
 
     decoded = op.flat_map_batch("decode", ticks, _decode_batch)
     split = op.branch("decodable", decoded, lambda kv: type(kv[1]) is Tick)
     valid: Stream[tuple[str, Tick]] = split.trues  # type: ignore[assignment]
 
-    def factory(instrument: str) -> InstrumentAnalytics:
-        return InstrumentAnalytics(instrument, acfg, track_oi=instrument in derivatives)
+    strat = cfg.strategies
 
-    per_inst = op.stateful_batch("instrument", valid, lambda resume: InstrumentLogic(resume, factory, clock, t_ticks, rec))
+    def factory(instrument: str, first_event: int) -> InstrumentAnalytics:
+        if strat is None:
+            return InstrumentAnalytics(instrument, acfg, track_oi=instrument in derivatives)
+        core = InstrumentAnalytics(
+            instrument,
+            acfg,
+            track_oi=instrument in derivatives,
+            host=strat.host(instrument),
+            trade_from=strat.trade_from,
+        )
+        warm = [c for c in strat.warm.get(instrument, ()) if c.open_time < session_bounds(first_event)[0]]
+        if warm:
+            core.warm(warm)
+        return core
+
+    inst_in: Stream[tuple[str, Any]] = valid  # type: ignore[assignment]
+    if commands is not None:
+        inst_in = op.merge("with_commands", valid, commands)
+    prices = strat is not None
+    per_inst = op.stateful_batch(
+        "instrument", inst_in, lambda resume: InstrumentLogic(resume, factory, clock, t_ticks, rec, prices)
+    )
     routes = {sym: [(f"{k[0]}|{k[1]}", k) for k in keys] for sym, keys in by_member.items()}
 
     def route_batch(items: list[tuple[str, Tick]]) -> list[tuple[str, tuple[tuple[str, str], Tick]]]:
@@ -351,6 +447,12 @@ def build_market(
                 recs.append((t_candles, ev.instrument, encode(ev)))
                 if ev.final:
                     closed_by_tf[ev.timeframe] = closed_by_tf.get(ev.timeframe, 0) + 1
+            elif kind is PriceRun:
+                continue
+            elif kind is TargetPosition:
+                recs.append((t_signals, ev.strategy, encode(ev)))
+            elif kind is StrategyError:
+                recs.append((t_risk, ev.strategy, encode(ev)))
             elif kind is Reject:
                 rej = rejected(ev.topic, ev.instrument, ev.reason, ev.detail, ev.payload, ev.ts)
                 recs.append((t_dlq, ev.instrument or "", encode(rej)))
@@ -366,5 +468,22 @@ def build_market(
 
     records = op.flat_map_batch("encode", events, encode_batch)
     candles = op.filter_map("candles", events, lambda ev: ev if type(ev) is Candle else None)
-    analytics = op.filter_map("analytics", events, lambda ev: ev if type(ev) not in (Candle, Reject) else None)
-    return MarketStreams(records=records, candles=candles, analytics=analytics)
+    analytics = op.filter_map("analytics", events, lambda ev: ev if type(ev) not in _NOT_ANALYTICS else None)
+    decisions = op.filter_map("decisions", events, lambda ev: ev if type(ev) in _DECISIONS else None)
+    return MarketStreams(records=records, candles=candles, analytics=analytics, decisions=decisions)
+
+
+_DECISIONS = (TargetPosition, StrategyError, PriceRun)
+_NOT_ANALYTICS = (Candle, Reject, *_DECISIONS)
+
+
+def strategy_commands(commands: Stream[Any], universe: Iterable[Instrument]) -> tuple[Stream[tuple[str, Any]], Stream[Any]]:
+    """Split decoded control commands: strategy commands go to every instrument's step (keyed
+    by instrument), the rest (halt, resume, manual orders) to the account's desk."""
+    symbols = [i.instrument for i in universe]
+    split = op.branch("strategy_command", commands, lambda c: type(c) in _STRATEGY_COMMANDS)
+    fanned = op.flat_map("to_instruments", split.trues, lambda c: [(sym, c) for sym in symbols])
+    return fanned, split.falses
+
+
+_STRATEGY_COMMANDS = (EnableStrategy, DisableStrategy, ConfigureStrategy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from connectors import embedded
 from connectors.kafka import KafkaClientConfig
@@ -83,3 +84,29 @@ def process_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["TICKTAPE_HOME"] = str(settings.home_dir)
     return env
+
+
+def recovery_env(home: Path, flow: str, cluster: str, snapshot_s: int) -> dict[str, str]:
+    """Bytewax recovery for ``flow`` under ``home/recovery/<flow>``, valid for one broker.
+
+    Recovery stores the input offsets with the state; offsets of another broker incarnation
+    (the embedded broker keeps topics in memory, so each start is a new cluster) would point
+    past the end of the new topics, so the store is recreated when the cluster id changes.
+    """
+    import shutil
+
+    from bytewax.recovery import init_db_dir
+
+    path = home / "recovery" / flow
+    marker = path / "cluster_id"
+    if path.exists() and (not marker.exists() or marker.read_text() != cluster):
+        shutil.rmtree(path)
+    if not path.exists():
+        path.mkdir(parents=True)
+        init_db_dir(path, 1)
+        marker.write_text(cluster)
+    return {
+        "BYTEWAX_RECOVERY_DIRECTORY": str(path),
+        "BYTEWAX_SNAPSHOT_INTERVAL": str(snapshot_s),
+        "BYTEWAX_RECOVERY_BACKUP_INTERVAL": "0",
+    }

@@ -30,16 +30,23 @@ has closed, the classic and Camarilla pivots for the next session (``pivot.p``,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operators.candles import APPLIED, DEFAULT_TIMEFRAMES, IST_OFFSET_NS, CandleBook
+from operators.indicators import REGISTRY as INDICATORS
 from operators.indicators import IndicatorSet
 from operators.levels import SwingLevels, camarilla_pivots, classic_pivots
 from operators.open_interest import OiTracker
 from operators.patterns import PatternDetector
 from schemas.analytics import IndicatorSnapshot, PatternSignal
 from schemas.market import Candle, Tick
+from schemas.orders import TargetPosition
+
+if TYPE_CHECKING:
+    from operators.strategy_host import StrategyHost
+    from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
 
 DAY_NS = 86_400 * 10**9
 
@@ -56,6 +63,25 @@ DEFAULT_INDICATORS = (
     "supertrend:10,3",
     "vwap",
 )
+
+
+def _session(c: Candle) -> int:
+    return (c.open_time + IST_OFFSET_NS) // DAY_NS
+
+
+def merge_specs(base: Iterable[str], extra: Iterable[str]) -> tuple[str, ...]:
+    """``base`` plus the specs of ``extra`` that compute something new (same key = same indicator).
+
+    >>> merge_specs(("ema:9", "rsi:14"), ("rsi", "ema:21"))
+    ('ema:9', 'rsi:14', 'ema:21')
+    """
+    out, keys = list(base), {INDICATORS.create(s)[0] for s in base}
+    for spec in extra:
+        key = INDICATORS.create(spec)[0]
+        if key not in keys:
+            keys.add(key)
+            out.append(spec)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -82,9 +108,28 @@ class AnalyticsConfig:
 class InstrumentAnalytics:
     """Candles, per-timeframe indicators and patterns, and OI buildup for one instrument."""
 
-    __slots__ = ("_publish", "book", "indicators", "instrument", "levels", "oi", "patterns", "pivots")
+    __slots__ = (
+        "_publish",
+        "book",
+        "host",
+        "indicators",
+        "instrument",
+        "levels",
+        "oi",
+        "patterns",
+        "pivots",
+        "trade_from",
+    )
 
-    def __init__(self, instrument: str, cfg: AnalyticsConfig, *, track_oi: bool = False) -> None:
+    def __init__(
+        self,
+        instrument: str,
+        cfg: AnalyticsConfig,
+        *,
+        track_oi: bool = False,
+        host: StrategyHost | None = None,
+        trade_from: int = 0,
+    ) -> None:
         self.instrument = instrument
         self.book = CandleBook(
             instrument,
@@ -92,7 +137,18 @@ class InstrumentAnalytics:
             partial_every_ns=cfg.partial_every_ns,
             partial_timeframes=cfg.partial_timeframes if cfg.partial_every_ns else (),
         )
-        self.indicators = {tf: IndicatorSet(cfg.indicators) for tf in cfg.timeframes}
+        # The strategies of this instrument read indicators from the same sets (one update per bar).
+        need = host.indicator_specs() if host is not None else {}
+        for tf in need:
+            if tf not in cfg.timeframes:
+                msg = f"{instrument}: a strategy trades timeframe {tf!r}, which is not computed ({cfg.timeframes})"
+                raise ValueError(msg)
+        self.indicators = {tf: IndicatorSet(merge_specs(cfg.indicators, need.get(tf, ()))) for tf in cfg.timeframes}
+        self.host = host
+        # Targets of candles that closed before this time are dropped (the strategies still see
+        # those candles, so their state is warm): a start that replays the day's ticks, or
+        # stored candles, never trades history.
+        self.trade_from = trade_from
         self.patterns = {tf: PatternDetector() for tf in cfg.timeframes} if cfg.patterns else {}
         self._publish = frozenset(cfg.publish_timeframes)
         # Swing support/resistance on the published timeframes; pivots from the last daily bar.
@@ -115,6 +171,34 @@ class InstrumentAnalytics:
                 out.append(change)
         return outcome
 
+    def warm(self, candles: Iterable[Candle]) -> None:
+        """Fold stored closed candles (oldest first, earlier sessions) into the indicators,
+        patterns, levels and strategies, publishing nothing and trading nothing."""
+        sink: list[Any] = []
+        trade_from, self.trade_from = self.trade_from, 2**63 - 1
+        try:
+            for c in candles:
+                if c.final and c.timeframe in self.indicators:
+                    self._on_closed(c, c.ts_event, sink)
+                    sink.clear()
+        finally:
+            self.trade_from = trade_from
+
+    def control(self, cmd: EnableStrategy | DisableStrategy | ConfigureStrategy) -> bool:
+        """Apply a strategy command here (see :meth:`StrategyHost.control`); a re-configured
+        strategy that reads new indicators gets them, warmed from the candles the host keeps."""
+        host = self.host
+        if host is None or not host.control(cmd):
+            return False
+        for tf, specs in host.indicator_specs().items():
+            ind = self.indicators.get(tf)
+            if ind is None:
+                msg = f"a strategy trades timeframe {tf!r}, which is not computed here"
+                raise ValueError(msg)
+            hist = host.history.get(tf, ())
+            ind.add(specs, ((c.open, c.high, c.low, c.close, float(c.volume), _session(c)) for c in hist))
+        return True
+
     def close_due(self, until: int, now: int, out: list[Any]) -> None:
         start = len(out)
         self.book.close_due(until, now, out)
@@ -135,7 +219,7 @@ class InstrumentAnalytics:
     def _on_closed(self, c: Candle, now: int, out: list[Any]) -> None:
         tf = c.timeframe
         ind = self.indicators[tf]
-        ind.on_bar(c.open, c.high, c.low, c.close, float(c.volume), (c.open_time + IST_OFFSET_NS) // DAY_NS)
+        ind.on_bar(c.open, c.high, c.low, c.close, float(c.volume), _session(c))
         det = self.patterns.get(tf)
         hits = det.update(c.open, c.high, c.low, c.close) if det is not None else ()
         if tf == "1d" and c.low <= c.close <= c.high:
@@ -145,8 +229,20 @@ class InstrumentAnalytics:
                 "pivot.s1": cl.s1, "pivot.s2": cl.s2, "pivot.s3": cl.s3,
                 "camarilla.r3": cam.r3, "camarilla.r4": cam.r4, "camarilla.s3": cam.s3, "camarilla.s4": cam.s4,
             }  # fmt: skip
-        if tf in self._publish:
+        host = self.host
+        values: dict[str, float] | None = None
+        if host is not None and tf in host.history:
             values = ind.snapshot()
+            decided = host.on_candle(c, values, now)
+            if decided:
+                if c.ts_event < self.trade_from:  # history: the strategy saw it, nothing trades
+                    decided = [d for d in decided if type(d) is not TargetPosition]
+                for d in decided:
+                    if type(d) is TargetPosition:
+                        host.on_position(d.strategy, d.target_qty)  # target-based: assume it converges
+                out.extend(decided)
+        if tf in self._publish:
+            values = ind.snapshot() if values is None else dict(values)
             swings = self.levels[tf]
             swings.update(c.high, c.low)
             support, resistance = swings.support_below(c.close), swings.resistance_above(c.close)

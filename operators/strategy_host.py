@@ -95,6 +95,15 @@ class StrategyHost:
         if cur is None or (cur.maxlen or 0) < need:
             self.history[tf] = deque(cur or (), maxlen=need)
 
+    def indicator_specs(self) -> dict[str, tuple[str, ...]]:
+        """Indicator specs the installed strategies read, by timeframe."""
+        out: dict[str, list[str]] = {}
+        for inst in self.instances.values():
+            d = inst.deployment
+            specs = out.setdefault(d.params.timeframe, [])
+            specs.extend(s for s in type(inst.strategy).indicators(d.params) if s not in specs)
+        return {tf: tuple(v) for tf, v in out.items()}
+
     @property
     def timeframes(self) -> frozenset[str]:
         return frozenset(i.deployment.params.timeframe for i in self.instances.values())

@@ -122,6 +122,35 @@ class IndicatorSet:
         self._flat = tuple(flat)
         self.keys = tuple(k for k, _, _ in flat)
 
+    def add(
+        self, specs: Iterable[str], history: Iterable[tuple[float, float, float, float, float, int]] = ()
+    ) -> tuple[str, ...]:
+        """Add the specs that are not computed yet, warm the new indicators on ``history`` bars
+        (``(open, high, low, close, volume, session_key)``, oldest first), and return their keys.
+
+        >>> s = IndicatorSet(["sma:2"])
+        >>> s.add(["sma:2", "ema:2"], [(1.0, 1.0, 1.0, c, 1.0, 0) for c in (1.0, 2.0)])
+        ('ema_2',)
+        >>> s.snapshot()["ema_2"]
+        1.5
+        """
+        new: dict[str, Indicator] = {}
+        for spec in specs:
+            key, ind = REGISTRY.create(spec)
+            if key not in self.indicators and key not in new:
+                new[key] = ind
+        if not new:
+            return ()
+        warm = IndicatorSet.__new__(IndicatorSet)
+        warm.specs, warm.indicators = (), new
+        warm._wire()
+        for bar in history:
+            warm.on_bar(*bar)
+        self.specs = (*self.specs, *(spec for spec in specs if REGISTRY.create(spec)[0] in new))
+        self.indicators.update(new)
+        self._wire()
+        return tuple(new)
+
     def __getstate__(self) -> tuple[tuple[str, ...], dict[str, Indicator]]:
         return self.specs, self.indicators
 

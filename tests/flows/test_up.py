@@ -93,6 +93,18 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
         assert "applied 0 migration(s) (up to date)" in cli_run("db", "migrate")
         services = cli_run("services", "status")
         assert state.broker.bootstrap in services and f":{state.postgres.port}/" in services
+
+        # Paper trading runs the demo deployments; the kill switch reaches the desk and is persisted.
+        assert "ema_fast_1m" in cli_run("strategies", "list")
+        assert "HALT sent" in cli_run("halt", "--reason", "test of the kill switch")
+        halted = None
+        while time.monotonic() < deadline + 30 and halted != "HALTED":
+            time.sleep(0.5)
+            with psycopg.connect(state.postgres.url) as conn:
+                row = conn.execute("SELECT state FROM trading_state WHERE account = 'paper'").fetchone()
+                halted = row[0] if row else None
+        assert halted == "HALTED"
+        cli_run("resume", "--reason", "test over")
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)

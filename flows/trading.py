@@ -1,0 +1,216 @@
+"""The trading half of the pipeline: strategy decisions and ticks into the account's desk.
+
+    decisions (TargetPosition, PriceRun, StrategyError; each instrument's own order)
+    + desk commands (Halt, Resume, ManualOrder, DisableStrategy)  ─ keyed by account ─▶ desk
+    → ord.intents, ord.updates, ord.fills, pf.positions, risk.events
+
+One :class:`~operators.desk.TradingDesk` per account, on one worker (cross-instrument risk
+state is small and keyed by account, ARCHITECTURE.md §3). The desk works at the event time of
+its input: ticks and decisions at their own (its clock never runs backwards), so a replay -
+a backtest, or the catch-up after a crash - decides the same way and stamps the same times.
+Commands are stamped by whoever issued them, on another clock, so live they act at the
+market clock's time (newest event time plus the wall time since: the wall clock in real
+trading, the simulated session's time on the simulator), as do the timers of an idle market.
+The desk merges each batch by event time. Ticks reach the desk as one
+:class:`PriceRun` per instrument per batch, so the per-tick cost is a loop iteration, not a
+dataflow hop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from prometheus_client import Counter
+
+from flows.pipeline import MarketClock, PriceRun, _snapshot
+from operators.desk import TradingDesk
+from operators.risk import RiskConfig
+from operators.stops import StopConfig
+from operators.venue import SimVenue
+from schemas.codec import encode
+from schemas.control import DisableStrategy, Halt, ManualOrder, Resume
+from schemas.market import Instrument
+from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position, TargetPosition
+from schemas.risk import RiskRejected, TradingStateChanged
+from schemas.topics import TopicCatalog
+
+log = logging.getLogger("ticktape.trading")
+
+TRADING_OUT = Counter("ticktape_trading_events_total", "Events emitted by the trading desk", ["kind"])
+DESK_COMMANDS = (Halt, Resume, ManualOrder, DisableStrategy)
+
+
+@dataclass(frozen=True)
+class TradingSetup:
+    """The desks of the flow; chosen once at the top."""
+
+    accounts: tuple[str, ...] = ("paper",)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    stops: StopConfig = field(default_factory=StopConfig)
+    paper: bool = True  # fills from the simulated venue, in the flow; False: a broker's execution flow
+    venue: Callable[[dict[str, Instrument]], SimVenue] = SimVenue
+    halted: frozenset[str] = frozenset()  # accounts whose persisted state is HALTED at start
+
+
+class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
+    def __init__(
+        self,
+        desk: TradingDesk | None,
+        factory: Callable[[str], TradingDesk],
+        clock: MarketClock | None,
+        recovery: bool,
+    ) -> None:
+        self.desk, self.factory, self.clock, self.recovery = desk, factory, clock, recovery
+        self.last_event = 0
+        self.last_tick_wall = 0
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        desk = self.desk
+        if desk is None:  # Bytewax does not tell the logic its key: every value carries it
+            desk = self.desk = self.factory(values[0][0])
+        clock = self.clock
+        out: list[Any] = []
+        if clock is not None and any(type(v) is PriceRun for _, v in values):
+            self.last_tick_wall = clock.wall()
+        self._merged(desk, values, out, None if clock is None else clock.market_now())
+        if clock is None:
+            due = desk.next_wake()
+            if due is not None and due <= self.last_event:
+                desk.on_timer(self.last_event, out)
+        return out, op.StatefulBatchLogic.RETAIN
+
+    def _merged(self, desk: TradingDesk, values: list[tuple[str, Any]], out: list[Any], market_now: int | None) -> None:
+        """One batch holds runs of many instruments (each spanning the batch's market time),
+        each in its own order; the desk sees them merged by event time - a decision after the
+        ticks of its candle - so cross-instrument risk state (and signal age) evolves as it did
+        in the market. Commands act at their own time in a replay, live at the market clock's
+        (they are stamped by whoever issued them, on another clock)."""
+        items: list[tuple[int, int, Any]] = []
+        for _, v in values:
+            kind = type(v)
+            if kind is PriceRun:
+                items.extend((t.ts_event, 0, t) for t in v.ticks)
+            elif kind is TargetPosition:
+                items.append((v.ts_event, 1, v))
+            else:
+                items.append((v.ts_event if market_now is None else market_now, 2, v))
+        items.sort(key=lambda x: (x[0], x[1]))
+        for ts, order, v in items:
+            if order == 0:
+                desk.on_ticks((v,), None, out)
+            elif order == 1:
+                desk.on_target(v, ts, out)
+            else:
+                desk.on_command(v, ts, out)
+        if items:
+            self.last_event = max(self.last_event, items[-1][0])
+
+    # While ticks flow, the gate's timed work (throttle queue, square-off, a flatten waiting for
+    # the open) is done at tick time, deterministically. The wall-clock timer only covers an
+    # idle market: no tick for IDLE_NS of wall time.
+    IDLE_NS = 1_000_000_000
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
+        clock = self.clock
+        if self.desk is not None and clock is not None and clock.wall() - self.last_tick_wall >= self.IDLE_NS:
+            self.desk.on_timer(clock.market_now(), out)
+        return out, op.StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.clock is None or self.desk is None:
+            return None
+        due = self.desk.next_wake()
+        if due is None:
+            return None
+        wall = self.clock.wall()
+        at = max(self.clock.wall_when(due), self.last_tick_wall + self.IDLE_NS, wall + 5_000_000)
+        return datetime.fromtimestamp(min(at, wall + 1_000_000_000) / 1e9, tz=UTC)
+
+    def snapshot(self) -> TradingDesk:
+        return _snapshot(self.desk, self.recovery)  # type: ignore[no-any-return]
+
+
+def _desk_command(c: Any) -> tuple[str, tuple[str, Any]] | None:
+    return (c.account, (c.account, c)) if type(c) in DESK_COMMANDS else None
+
+
+def build_trading(
+    decisions: Stream[Any],
+    commands: Stream[Any] | None,
+    universe: Iterable[Instrument],
+    catalog: TopicCatalog,
+    setup: TradingSetup,
+    clock: MarketClock | None,
+    *,
+    recovery: bool = False,
+) -> Stream[tuple[str, str, bytes]]:
+    """Add the desks; returns ``(topic, key, value)`` records of everything they emitted."""
+    instruments = {i.instrument: i for i in universe}
+    accounts = setup.accounts
+
+    def factory(account: str) -> TradingDesk:
+        venue = setup.venue(instruments) if setup.paper else None
+        desk = TradingDesk(account, instruments, risk=setup.risk, stops=setup.stops, venue=venue)
+        if account in setup.halted:  # the kill switch survives restarts: only an explicit resume clears it
+            now = clock.market_now() if clock is not None else 0
+            desk.on_command(
+                Halt(
+                    command_id=f"restore:{account}",
+                    account=account,
+                    issued_by="startup",
+                    ts_event=now,
+                    ts_init=now,
+                    reason="HALTED when the flow last stopped",
+                ),
+                now,
+                [],
+            )
+        return desk
+
+    def route(v: Any) -> list[tuple[str, tuple[str, Any]]]:
+        kind = type(v)
+        if kind is PriceRun:
+            return [(a, (a, v)) for a in accounts]
+        if kind is TargetPosition:
+            return [(v.account, (v.account, v))]
+        return []  # StrategyError: already published by the market half
+
+    keyed = op.flat_map("to_desk", decisions, route)
+    if commands is not None:
+        desk_cmds = op.filter_map("desk_commands", commands, _desk_command)
+        keyed = op.merge("desk_in", keyed, desk_cmds)
+    desks = op.stateful_batch("desk", keyed, lambda resume: DeskLogic(resume, factory, clock, recovery))
+    events = op.key_rm("unkey_desk", desks)
+
+    t_intents, t_updates = catalog.name("ord.intents"), catalog.name("ord.updates")
+    t_fills, t_pos, t_risk = catalog.name("ord.fills"), catalog.name("pf.positions"), catalog.name("risk.events")
+    topics = {
+        OrderIntent: t_intents,
+        CancelOrder: t_intents,
+        OrderUpdate: t_updates,
+        Fill: t_fills,
+        Position: t_pos,
+        RiskRejected: t_risk,
+        TradingStateChanged: t_risk,
+    }
+    counts: dict[str, int] = {}
+
+    def encode_batch(items: list[Any]) -> list[tuple[str, str, bytes]]:
+        counts.clear()
+        recs = []
+        for ev in items:
+            kind = type(ev)
+            recs.append((topics[kind], ev.account, encode(ev)))
+            counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
+        for name, n in counts.items():
+            TRADING_OUT.labels(name).inc(n)
+        return recs
+
+    return op.flat_map_batch("encode_trading", events, encode_batch)

@@ -1,0 +1,115 @@
+"""Simulator -> md.ticks -> live flow (strategies, risk gate, stops, paper venue) -> topics ->
+persist -> PostgreSQL: the trading record must be consistent with itself."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+
+import psycopg
+import pytest
+from bytewax.testing import run_main
+
+import strategies.builtin  # noqa: F401  (registers the built-ins)
+from connectors.brokers.universe import build_universe
+from connectors.kafka import KafkaClientConfig, ProducerSink
+from connectors.postgres.instruments import upsert_instruments
+from flows import ingest, live, persist
+from flows.pipeline import PipelineConfig, StrategySetup
+from flows.trading import TradingSetup
+from operators.analytics import AnalyticsConfig
+from operators.strategy_host import Deployment
+from schemas.market import InstrumentType
+from schemas.topics import TopicCatalog
+from strategies.registry import REGISTRY
+
+DAY = date(2026, 11, 23)
+SECONDS = 900  # 15 minutes of market time
+
+
+@pytest.fixture
+def traded(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str) -> dict[str, object]:
+    universe = tuple(build_universe(DAY, 40))
+    stocks = [i.instrument for i in universe if i.instrument_type is InstrumentType.EQ][:12]
+    assert len(stocks) >= 8
+    cfg = ingest.SimConfig(universe=universe, seed=5, groups=2, day=DAY, speed=0, max_steps=SECONDS)
+    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+    deployments = (
+        Deployment("ema", "ema_crossover", REGISTRY.params("ema_crossover", {
+            "fast": 3, "slow": 8, "timeframe": "5s", "qty": 10, "instruments": stocks[:6], "allow_short": True})),
+        Deployment("st", "supertrend_trend", REGISTRY.params("supertrend_trend", {
+            "period": 5, "multiplier": 1.5, "timeframe": "5s", "qty": 5, "instruments": stocks[6:],
+            "allow_short": True})),
+    )  # fmt: skip
+    pipeline = PipelineConfig(
+        analytics=AnalyticsConfig(timeframes=("1s", "5s", "1m"), patterns=False, publish_timeframes=("1m",)),
+        open_interest=False,
+        summary_timeframes=(),
+        strategies=StrategySetup(deployments=deployments),
+    )
+    run_main(live.build(kafka, catalog, universe, pipeline, tail=False, trading=TradingSetup()))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upsert_instruments(conn, universe)
+    run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=5000, max_age_s=0.2))
+    return {"url": database_url, "stocks": stocks}
+
+
+def test_orders_fills_and_positions_agree(traded: dict[str, object]) -> None:
+    with psycopg.connect(str(traded["url"]), autocommit=True) as conn:
+        fills = conn.execute(
+            "SELECT f.strategy_id, i.symbol, f.side, f.quantity, f.price::float8, f.client_order_id, f.time "
+            "FROM fills f JOIN instruments i ON i.id = f.instrument_id ORDER BY f.time, f.id"
+        ).fetchall()
+        orders = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT client_order_id, current_status, filled_quantity, quantity, purpose FROM orders"
+            ).fetchall()
+        }
+        positions = {
+            (r[0], r[1]): (r[2], float(r[3]))
+            for r in conn.execute(
+                "SELECT p.strategy_id, i.symbol, p.quantity, p.realized_pnl FROM positions p "
+                "JOIN instruments i ON i.id = p.instrument_id"
+            ).fetchall()
+        }
+        history = conn.execute("SELECT count(DISTINCT order_id) FROM order_history").fetchone()[0]
+
+    # Both strategies traded, with entries and exits, and every entry was protected by a backstop.
+    assert {f[0] for f in fills} == {"ema", "st"}
+    purposes = {o[3] for o in orders.values()}
+    assert {"ENTRY", "EXIT", "STOP"} <= purposes, purposes
+    assert history == len(orders)
+
+    # No fill without an order; an order's filled quantity is the sum of its fills; no overfill.
+    by_order: dict[str, int] = defaultdict(int)
+    for _, _, _, qty, _, coid, _ in fills:
+        assert coid in orders
+        by_order[coid] += qty
+    for coid, (status, filled, qty, _) in orders.items():
+        assert filled == by_order.get(coid, 0), coid
+        assert filled <= qty
+        if status == "COMPLETE":
+            assert filled == qty
+
+    # Position = sum of signed fills; realized PnL = average-cost fills math.
+    book: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # qty, avg, realized
+    for strategy, sym, side, qty, price, _, _ in fills:
+        pos = book[strategy, sym]
+        signed = qty if side == "BUY" else -qty
+        q, avg = pos[0], pos[1]
+        if q == 0 or (q > 0) == (signed > 0):
+            pos[1] = (avg * abs(q) + price * qty) / (abs(q) + qty)
+            pos[0] = q + signed
+        else:
+            closed = min(abs(q), qty)
+            pos[2] += closed * (price - avg) * (1 if q > 0 else -1)
+            pos[0] = q + signed
+            if pos[0] == 0:
+                pos[1] = 0.0
+            elif (pos[0] > 0) != (q > 0):  # flipped: the rest opens at this price
+                pos[1] = price
+    assert set(positions) == set(book)
+    for key, (qty, realized) in positions.items():
+        assert qty == book[key][0], key
+        assert realized == pytest.approx(book[key][2], abs=0.02), key
