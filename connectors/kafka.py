@@ -315,6 +315,10 @@ class _RecordPartition(StatefulSourcePartition[Record, int]):
         self._consumer.close()
 
 
+def _merge_key(r: tuple[int, int, int, bytes | None, bytes | None]) -> tuple[int, int, int]:
+    return r[0], r[1], r[2]
+
+
 class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
     """Every partition of one topic, merged into event-time order (see :class:`OrderedSource`)."""
 
@@ -326,6 +330,7 @@ class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
         ts_of: Callable[[bytes], int],
         batch_size: int,
         tail: bool,
+        idle_s: float,
     ) -> None:
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
@@ -333,46 +338,67 @@ class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
         self._tail = tail
         self._buffers: dict[int, deque[tuple[int, int, bytes | None, bytes | None]]] = {p: deque() for p in offsets}
         self._at_end: set[int] = set()  # caught up: nothing buffered and nothing more in the log (yet)
+        self._highs: dict[int, int] = {}  # partition -> newest event time buffered so far
+        self._end_since: dict[int, float] = {}  # partition -> monotonic time it caught up
+        self._idle_s = idle_s
         self._counter = CONSUMED.labels(topic)
 
     def next_batch(self) -> list[Record]:
         if STOP.is_set():
             raise StopIteration
-        buffers, ts_of, at_end = self._buffers, self._ts_of, self._at_end
+        buffers, ts_of, at_end, highs = self._buffers, self._ts_of, self._at_end, self._highs
         for m in self._consumer.consume(self._batch_size, 0.02):
             err, p, offset = m.error(), int(m.partition() or 0), int(m.offset() or 0)
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    if offset >= self._offsets[p] + len(buffers[p]):
+                    if offset >= self._offsets[p] + len(buffers[p]) and p not in at_end:
                         at_end.add(p)
+                        self._end_since[p] = time.monotonic()
                     continue
                 msg = f"error consuming {self._topic}[{p}]: {err}"
                 raise KafkaUnavailable(msg)
             value = m.value()
-            buffers[p].append((ts_of(value or b""), offset, m.key(), value))
+            # Merge on the partition's running maximum of event time, so a record older than
+            # one before it (a late tick) keeps its place in the log, right after that one.
+            ts = ts_of(value or b"")
+            high = highs.get(p, ts)
+            ts = max(ts, high)
+            highs[p] = ts
+            buffers[p].append((ts, offset, m.key(), value))
             at_end.discard(p)
         if not self._tail and len(at_end) == len(buffers) and not any(buffers.values()):
             raise StopIteration
-        out: list[Record] = []
-        new, topic = tuple.__new__, self._topic
-        while len(out) < self._batch_size:
-            # The next record is the oldest head, but only once every partition that may still
-            # deliver something older has a head to compare with. A caught-up partition does
-            # not hold the others back: what it gets next is newer than what they hold.
-            best = -1
-            for p, buf in buffers.items():
-                if not buf:
-                    if p in at_end:
-                        continue
-                    best = -2
-                    break
-                if best < 0 or (buf[0][0], p) < (buffers[best][0][0], best):
-                    best = p
-            if best < 0:
-                break
-            _ts, offset, key, value = buffers[best].popleft()
-            self._offsets[best] = offset + 1
-            out.append(new(Record, (topic, best, offset, key, value)))
+        # Every record not newer than the newest record seen on each partition that may still
+        # deliver something is safe to emit: whatever that partition delivers next is at least
+        # that new. A partition at its end bounds nothing in a replay (it is finished); live it
+        # bounds with the newest time it had until it has been idle for ``idle_s``, so live
+        # processing follows event time like a replay does, and a replay after a crash sees
+        # the order the crashed run saw. Within the batch: (time, partition, offset).
+        bound = None
+        now = time.monotonic() if self._tail else 0.0
+        for p, buf in buffers.items():
+            if buf:
+                last = buf[-1][0]
+            elif p not in at_end:
+                return []
+            elif not self._tail or p not in highs or now - self._end_since[p] >= self._idle_s:
+                continue
+            else:
+                last = highs[p]
+            if bound is None or last < bound:
+                bound = last
+        ready: list[tuple[int, int, int, bytes | None, bytes | None]] = []
+        for p, buf in buffers.items():
+            while buf and (bound is None or buf[0][0] <= bound):
+                ts, offset, key, value = buf.popleft()
+                ready.append((ts, p, offset, key, value))
+        if not ready:
+            return []
+        ready.sort(key=_merge_key)
+        new, topic, offsets = tuple.__new__, self._topic, self._offsets
+        out = [new(Record, (topic, p, offset, key, value)) for _ts, p, offset, key, value in ready]
+        for _ts, p, offset, _k, _v in ready:
+            offsets[p] = offset + 1
         self._counter.inc(len(out))
         return out
 
@@ -392,11 +418,14 @@ class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
     Independent partitions are read at independent speeds, so a plain consumer interleaves
     instruments by fetch timing - minutes apart when a backlog is read unpaced (a replay, the
     catch-up after a restart). This source merges the partitions by ``ts_of(value)`` (ties by
-    partition, then offset) and only emits a record once every partition that is not caught
-    up has a head to compare with, so the flow sees the market in the order it happened and
-    a replay gives the same order on every run. Live (``tail=True``) a caught-up partition
-    never holds the others back. ``tail=False`` ends at the end of every partition. The
-    resume state is the next offset of each partition.
+    partition, then offset; a record older than one before it in its partition - a late
+    tick - keeps its place in the log, so it is still late downstream) and only emits a
+    record once every partition has shown one at least as new, so the flow sees the market
+    in the order it happened and a replay gives the same order on every run. Live
+    (``tail=True``) a caught-up partition holds the others back to its newest time for at
+    most ``idle_s`` of wall time (then it is taken as idle), which keeps live processing in
+    event-time order too - the order a replay after a crash reproduces. ``tail=False`` ends
+    at the end of every partition. The resume state is the next offset of each partition.
     """
 
     def __init__(
@@ -408,9 +437,10 @@ class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
         start: Mapping[tuple[str, int], int] | None = None,
         tail: bool = False,
         batch_size: int = 5000,
+        idle_s: float = 0.05,
     ) -> None:
         self._client, self._topic, self._ts_of, self._tail = client, topic, ts_of, tail
-        self._start, self._batch_size = dict(start or {}), batch_size
+        self._start, self._batch_size, self._idle_s = dict(start or {}), batch_size, idle_s
 
     def list_parts(self) -> list[str]:
         if self._topic not in existing_topics(self._client.admin()):
@@ -422,7 +452,7 @@ class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
         n = existing_topics(self._client.admin())[self._topic]
         offsets = resume_state or {p: self._start.get((self._topic, p), 0) for p in range(n)}
         conf = self._client.consumer()
-        return _MergedPartition(conf, self._topic, offsets, self._ts_of, self._batch_size, self._tail)
+        return _MergedPartition(conf, self._topic, offsets, self._ts_of, self._batch_size, self._tail, self._idle_s)
 
 
 class RecordSource(FixedPartitionedSource[Record, int]):

@@ -138,6 +138,15 @@ class PriceRun(NamedTuple):
     ticks: list[Tick]
 
 
+class Decided(NamedTuple):
+    """A strategy's target, with the event time at which it was decided: the time of the tick
+    that closed its candle (or the market time of a timer close). The desk orders decisions
+    by it, so a decision comes after every tick before that one, whatever the batching."""
+
+    at: int
+    target: TargetPosition
+
+
 class Reject(NamedTuple):
     """A tick the pipeline refuses (undecodable or late), on its way to the dead-letter topic."""
 
@@ -169,6 +178,17 @@ def _decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- per instrument
+
+
+def _decide(out: list[Any], start: int, at: int) -> bool:
+    """Wrap the targets in ``out[start:]`` as :class:`Decided` at ``at``; True if there were any."""
+    found = False
+    for i in range(start, len(out)):
+        e = out[i]
+        if type(e) is TargetPosition:
+            out[i] = Decided(at, e)
+            found = True
+    return found
 
 
 class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
@@ -215,7 +235,7 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
             mark = len(out)
             outcome = core.on_tick(t, now, out)
             if prices:
-                if len(out) > mark and run and any(type(e) is TargetPosition for e in out[mark:]):
+                if len(out) > mark and _decide(out, mark, t.ts_event) and run:
                     # The decision was made on the candle before this tick: it reaches the desk
                     # after the ticks of that candle and before this one.
                     out.insert(mark, PriceRun(t.instrument, run))
@@ -255,13 +275,18 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         if self.clock is not None and self.core is not None:
-            self.core.close_due(self.clock.until(), self.clock.now(), out)
+            until = self.clock.until()
+            self.core.close_due(until, self.clock.now(), out)
+            if self.prices:
+                _decide(out, 0, max(until, self.last_event))
         return out, op.StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         if self.clock is None and self.core is not None:  # a replay ends: close every open bar
             self.core.flush(self.last_event, out)
+            if self.prices:
+                _decide(out, 0, self.last_event)
         return out, op.StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -352,7 +377,7 @@ class MarketStreams:
     records: Stream[tuple[str, str, bytes]]  # (topic, key, value) for ProducerSink
     candles: Stream[Candle]  # closed and in-progress candles, for downstream (strategy) steps
     analytics: Stream[Any]  # IndicatorSnapshot, PatternSignal, OiChange, OptionChainStats, MarketSummary
-    decisions: Stream[Any]  # TargetPosition, StrategyError and PriceRun, in each instrument's order
+    decisions: Stream[Any]  # Decided (targets), StrategyError and PriceRun, in each instrument's order
 
 
 def build_market(
@@ -449,8 +474,8 @@ def build_market(
                     closed_by_tf[ev.timeframe] = closed_by_tf.get(ev.timeframe, 0) + 1
             elif kind is PriceRun:
                 continue
-            elif kind is TargetPosition:
-                recs.append((t_signals, ev.strategy, encode(ev)))
+            elif kind is Decided:
+                recs.append((t_signals, ev.target.strategy, encode(ev.target)))
             elif kind is StrategyError:
                 recs.append((t_risk, ev.strategy, encode(ev)))
             elif kind is Reject:
@@ -473,7 +498,7 @@ def build_market(
     return MarketStreams(records=records, candles=candles, analytics=analytics, decisions=decisions)
 
 
-_DECISIONS = (TargetPosition, StrategyError, PriceRun)
+_DECISIONS = (Decided, StrategyError, PriceRun)
 _NOT_ANALYTICS = (Candle, Reject, *_DECISIONS)
 
 

@@ -1,6 +1,6 @@
 """The trading half of the pipeline: strategy decisions and ticks into the account's desk.
 
-    decisions (TargetPosition, PriceRun, StrategyError; each instrument's own order)
+    decisions (Decided targets, PriceRun, StrategyError; each instrument's own order)
     + desk commands (Halt, Resume, ManualOrder, DisableStrategy)  ─ keyed by account ─▶ desk
     → ord.intents, ord.updates, ord.fills, pf.positions, risk.events
 
@@ -28,7 +28,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from prometheus_client import Counter
 
-from flows.pipeline import MarketClock, PriceRun, _snapshot
+from flows.pipeline import Decided, MarketClock, PriceRun, _snapshot
 from operators.desk import TradingDesk
 from operators.risk import RiskConfig
 from operators.stops import StopConfig
@@ -36,7 +36,7 @@ from operators.venue import SimVenue
 from schemas.codec import encode
 from schemas.control import DisableStrategy, Halt, ManualOrder, Resume
 from schemas.market import Instrument
-from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position, TargetPosition
+from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position
 from schemas.risk import RiskRejected, TradingStateChanged
 from schemas.topics import TopicCatalog
 
@@ -56,6 +56,10 @@ class TradingSetup:
     paper: bool = True  # fills from the simulated venue, in the flow; False: a broker's execution flow
     venue: Callable[[dict[str, Instrument]], SimVenue] = SimVenue
     halted: frozenset[str] = frozenset()  # accounts whose persisted state is HALTED at start
+
+
+def _order(item: tuple[int, int, str, Any, Any]) -> tuple[int, int, str, Any]:
+    return item[0], item[1], item[2], item[3]
 
 
 class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
@@ -91,23 +95,39 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         ticks of its candle - so cross-instrument risk state (and signal age) evolves as it did
         in the market. Commands act at their own time in a replay, live at the market clock's
         (they are stamped by whoever issued them, on another clock)."""
-        items: list[tuple[int, int, Any]] = []
+        # Sort key: (event time, decision 0 / tick 1 / command 2, instrument, seq or id) - a
+        # decision precedes the tick that closed its candle; the rest only breaks ties.
+        items: list[tuple[int, int, str, Any, Any]] = []
+        runs = [v for _, v in values if type(v) is PriceRun]
+        involved = {v.target.instrument for _, v in values if type(v) is Decided}
+        involved.update(v.instrument for _, v in values if type(v) is ManualOrder)
+        due = desk.next_wake()
+        # An instrument the desk has nothing in (no position, order or stop) needs only its
+        # latest price - unless timed work falls due inside this batch, which its ticks' times
+        # would trigger.
+        skip = due is None or not runs or due > max(r.ticks[-1].ts_event for r in runs)
+        for run in runs:
+            if not skip or run.instrument in involved or desk.watching(run.instrument):
+                items.extend((t.ts_event, 1, t.instrument, t.seq, t) for t in run.ticks)
+            else:
+                last = run.ticks[-1]
+                items.append((last.ts_event, 1, last.instrument, last.seq, last))
         for _, v in values:
             kind = type(v)
-            if kind is PriceRun:
-                items.extend((t.ts_event, 0, t) for t in v.ticks)
-            elif kind is TargetPosition:
-                items.append((v.ts_event, 1, v))
-            else:
-                items.append((v.ts_event if market_now is None else market_now, 2, v))
-        items.sort(key=lambda x: (x[0], x[1]))
-        for ts, order, v in items:
-            if order == 0:
+            if kind is Decided:
+                t = v.target
+                items.append((v.at, 0, t.instrument, t.strategy, v))
+            elif kind is not PriceRun:
+                at = v.ts_event if market_now is None else market_now
+                items.append((at, 2, "", v.command_id, v))
+        items.sort(key=_order)
+        for at, kind_order, _, _, v in items:
+            if kind_order == 1:
                 desk.on_ticks((v,), None, out)
-            elif order == 1:
-                desk.on_target(v, ts, out)
+            elif kind_order == 0:
+                desk.on_target(v.target, at, out)
             else:
-                desk.on_command(v, ts, out)
+                desk.on_command(v, at, out)
         if items:
             self.last_event = max(self.last_event, items[-1][0])
 
@@ -178,8 +198,8 @@ def build_trading(
         kind = type(v)
         if kind is PriceRun:
             return [(a, (a, v)) for a in accounts]
-        if kind is TargetPosition:
-            return [(v.account, (v.account, v))]
+        if kind is Decided:
+            return [(v.target.account, (v.target.account, v))]
         return []  # StrategyError: already published by the market half
 
     keyed = op.flat_map("to_desk", decisions, route)

@@ -30,6 +30,7 @@ has closed, the classic and Camarilla pivots for the next session (``pivot.p``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,8 @@ def _session(c: Candle) -> int:
     return (c.open_time + IST_OFFSET_NS) // DAY_NS
 
 
-def merge_specs(base: Iterable[str], extra: Iterable[str]) -> tuple[str, ...]:
+@functools.lru_cache(maxsize=256)
+def merge_specs(base: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
     """``base`` plus the specs of ``extra`` that compute something new (same key = same indicator).
 
     >>> merge_specs(("ema:9", "rsi:14"), ("rsi", "ema:21"))

@@ -140,6 +140,16 @@ class TradingDesk:
         now = self.now = max(now, self.now)
         self._run(self.gate.release(now), now, out)
 
+    def watching(self, instrument: str) -> bool:
+        """True when every tick of ``instrument`` matters here (a position, a working order or
+        an armed stop); otherwise only its latest price does."""
+        venue = self.venue
+        return (
+            self.gate.involves(instrument)
+            or self.stops.watches(instrument)
+            or (venue is not None and venue.has_working(instrument))
+        )
+
     def next_wake(self) -> int | None:
         """When the gate next has timed work (throttle queue, square-off, a flatten at the open)."""
         return self.gate.next_due_at()

@@ -167,6 +167,10 @@ class PositionBook:
         self._recompute(p.strategy)
         return self._snapshot(p)
 
+    def holds(self, instrument: str) -> bool:
+        """True while some strategy has an open position in ``instrument``."""
+        return instrument in self._held
+
     def mark(self, instrument: str, price: float, ts: int) -> tuple[str, ...]:
         """Mark ``instrument`` at ``price``; returns the strategies holding it (usually ``()``)."""
         self._last[instrument] = price

@@ -323,6 +323,10 @@ class RiskGate:
 
     # ------------------------------------------------------------------ inputs
 
+    def involves(self, instrument: str) -> bool:
+        """True while the account holds ``instrument`` or has a working order in it."""
+        return self.book.holds(instrument) or any(w.instrument == instrument for w in self._working.values())
+
     def on_price(self, instrument: str, ltp: float, now: int) -> list[RiskOutput]:
         """Mark ``instrument``; loss limits, square-off and the throttle queue. Cheap when nothing is due."""
         if now >= self._wake_ns:

@@ -281,6 +281,10 @@ class StopManager:
         if intent.stop_loss is not None and intent.purpose in _ARMING:
             self._entries.setdefault(intent.client_order_id, _Entry(intent, intent.stop_loss))
 
+    def watches(self, instrument: str) -> bool:
+        """True while an armed stop watches ``instrument``'s price."""
+        return instrument in self._watch
+
     def on_price(self, instrument: str, ltp: float, now: int) -> Sequence[VenueRequest]:
         """Orders a last traded price calls for; the shared empty tuple when nothing is armed."""
         arms = self._watch.get(instrument)

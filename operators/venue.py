@@ -321,6 +321,11 @@ class SimVenue:
 
     # ---- queries -------------------------------------------------------------------------------------------
 
+    def has_working(self, instrument: str) -> bool:
+        """True while ``instrument`` has a resting or trigger-pending order."""
+        book = self._books.get(instrument)
+        return book is not None and bool(book.working)
+
     def working(self) -> list[OrderUpdate]:
         """The current state of every working order, in submission order."""
         return [self._update(o) for o in self._orders.values() if o.status in WORKING]

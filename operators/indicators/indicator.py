@@ -158,10 +158,12 @@ class IndicatorRegistry:
     indicator spec 'last:x': parameter period of last expects an integer, got 'x'
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_parsed")
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        # spec -> (key, factory, args): 500 instruments x 7 timeframes build the same few specs
+        self._parsed: dict[str, tuple[str, Callable[..., Indicator], tuple[int | float, ...]]] = {}
 
     def register(self, name: str, *params: Param) -> Callable[[type[_I]], type[_I]]:
         def add(cls: type[_I]) -> type[_I]:
@@ -182,6 +184,10 @@ class IndicatorRegistry:
         The key is the name and every parameter (defaults filled in) joined by ``_``:
         ``"macd"`` -> ``macd_12_26_9``, ``"bbands:20,2"`` -> ``bbands_20_2``.
         """
+        parsed = self._parsed.get(spec) if isinstance(spec, str) else None
+        if parsed is not None:
+            key, factory, args = parsed
+            return key, factory(*args)
         if not isinstance(spec, str):
             msg = f"indicator spec must be a string like 'ema:9', got {spec!r}"
             raise IndicatorSpecError(msg)
@@ -211,7 +217,9 @@ class IndicatorRegistry:
         except ValueError as e:
             msg = f"indicator spec {spec!r}: {e}"
             raise IndicatorSpecError(msg) from e
-        return "_".join([name, *map(_fmt, args)]), ind
+        key = "_".join([name, *map(_fmt, args)])
+        self._parsed[spec] = (key, entry.factory, tuple(args))
+        return key, ind
 
     @staticmethod
     def _parse(spec: str, name: str, p: Param, text: str) -> int | float:
