@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     trading_mode: Literal["paper"] = "paper"  # live broker execution is a later connector
     strategy_warmup_days: Annotated[int, Field(ge=0, le=400)] = 5  # stored candles fed to strategies at start
     snapshot_interval_s: Annotated[int, Field(ge=1, le=300)] = 5  # flows.live recovery snapshots (replay window)
+    # Ticks per source batch in flows.live: latency vs throughput (bench: 500 -> p50 24 ms at 10k ticks/s).
+    live_batch_size: Annotated[int, Field(ge=10, le=100_000)] = 500
 
     # Persistence flow.
     persist_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000

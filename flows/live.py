@@ -96,17 +96,23 @@ def build(
     start: dict[tuple[str, int], int] | None = None,
     trading: TradingSetup | None = None,
     commands_start: Mapping[tuple[str, int], int] | None = None,
+    batch_size: int = 5000,
 ) -> Dataflow:
     """The live (or, with ``tail=False`` and no clock, replay) flow. md.ticks is read in
     event-time order across its partitions (:class:`OrderedSource`), so a backlog - a replay,
     the catch-up after a restart - is seen in market order.
 
     ``commands_start``: offsets of ctl.commands to start from (default: the beginning).
+    ``batch_size``: most ticks per source batch. A decision leaves the flow once its whole
+    batch has been through the instrument steps, so live latency grows with it; replays want
+    it large (throughput).
     """
     universe = list(universe)
     flow = Dataflow("live")
     ticks_topic = catalog.name("md.ticks")
-    ticks = op.input("md", flow, OrderedSource(client, ticks_topic, _event_time, start=start, tail=tail))
+    ticks = op.input(
+        "md", flow, OrderedSource(client, ticks_topic, _event_time, start=start, tail=tail, batch_size=batch_size)
+    )
     strategy_cmds: Stream[tuple[str, Any]] | None = None
     desk_cmds: Stream[Any] | None = None
     dlq: Stream[Any] | None = None
@@ -207,7 +213,9 @@ def _flow_from_env() -> Dataflow:
     recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
     cfg = PipelineConfig(analytics=analytics_config(s), clock=clock, strategies=strat, recovery=recovery)
     log.info("analytics for %d instruments, timeframes %s", len(universe), ",".join(cfg.analytics.timeframes))
-    return build(ctx.kafka, ctx.catalog, universe, cfg, trading=trading, commands_start=commands_start)
+    return build(
+        ctx.kafka, ctx.catalog, universe, cfg, trading=trading, commands_start=commands_start, batch_size=s.live_batch_size
+    )
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -15,6 +15,7 @@ import resource
 import time
 import uuid
 from datetime import date
+from pathlib import Path
 
 import pytest
 from bytewax.testing import run_main
@@ -38,16 +39,16 @@ ANALYTICS = AnalyticsConfig(timeframes=("1s", "5s", "1m", "5m", "15m", "1h", "1d
                             publish_timeframes=())  # fmt: skip
 
 
-def deployments() -> tuple[Deployment, ...]:
+def deployments(timeframes: tuple[str, str] = ("1m", "5m")) -> tuple[Deployment, ...]:
     out = []
     for k in range(8):
-        tf = "1m" if k % 2 == 0 else "5m"
+        tf = timeframes[k % 2]
         kinds = {
             "ema_crossover": {"fast": 3 + k, "slow": 12 + 2 * k},
             "rsi_reversion": {"period": 7 + k, "oversold": 25 + k, "overbought": 75 - k},
             "supertrend_trend": {"period": 5 + k, "multiplier": 1.5 + 0.25 * k},
             "vwap_reversion": {"band": 0.2 + 0.05 * k},
-            "opening_range_breakout": {"range_minutes": 15 if tf == "5m" else 5 + k},
+            "opening_range_breakout": {"range_minutes": 15 if k % 2 else 5 + k},
         }
         for kind, params in kinds.items():
             p = REGISTRY.params(kind, {**params, "timeframe": tf, "qty": 1, "allow_short": k % 3 == 0})
@@ -107,3 +108,125 @@ def test_trading_path_throughput(kafka: KafkaClientConfig, filled: tuple) -> Non
     result.extra["rss_target_mib"] = 1024
     result.write()
     assert n_ticks > 100_000 and result.figure > 0
+
+
+# ----------------------------------------------------------------------------- live latency
+
+LIVE_SPEED = 7.0  # 500 instruments x ~2.8 ticks/s x 7 = ~10k ticks/s
+LIVE_WALL_S = 40
+
+
+def _histogram(metrics: str, name: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of a Prometheus histogram, in bound order."""
+    out = []
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Linear interpolation inside the bucket holding the q-quantile (Prometheus' rule)."""
+    total = buckets[-1][1]
+    rank, lo, below = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * ((rank - below) / max(count - below, 1e-9))
+        lo, below = le, count
+    return lo
+
+
+def _metric(metrics: str, name: str) -> float:
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines() if ln.startswith(name) and " " in ln)
+
+
+def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_url: str, broker, tmp_path) -> None:
+    """In-engine latency, live, at ~10k ticks/s: ``ticktape_decision_to_intent_seconds`` of a
+    ``flows.live`` process (40 deployments, 500 instruments) fed by a paced ``flows.ingest``;
+    p50/p99 from the histogram buckets, the live process's peak RSS from /proc."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    import psycopg
+
+    from connectors.postgres.instruments import upsert_instruments
+    from connectors.postgres.strategies import save_deployments
+    from connectors.processes import free_port
+
+    universe = tuple(build_universe(DAY, INSTRUMENTS))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upsert_instruments(conn, universe)
+        # 1s/5s bars, so 40 s at 7x (280 market seconds) is enough for every strategy to decide.
+        rows = [(d.strategy_id, d.kind, msgspec_to_dict(d.params), True, "") for d in deployments(("1s", "5s"))]
+        save_deployments(conn, rows)
+
+    def one_run() -> tuple[float, dict[str, float]]:
+        catalog = load_catalog().scoped(f"lat{uuid.uuid4().hex[:8]}")
+        create_topics(kafka.admin(), catalog)
+        port = free_port()
+        env = {**os.environ, "TICKTAPE_HOME": str(tmp_path), "TICKTAPE_KAFKA_BOOTSTRAP": broker.bootstrap,
+               "TICKTAPE_KAFKA_PROFILE": "tansu", "TICKTAPE_DATABASE_URL": database_url,
+               "TICKTAPE_TOPIC_PREFIX": catalog.prefix, "TICKTAPE_STRATEGY_WARMUP_DAYS": "0",
+               "TICKTAPE_SIM_INSTRUMENTS": str(INSTRUMENTS), "TICKTAPE_SIM_SPEED": str(LIVE_SPEED),
+               "TICKTAPE_SIM_SECONDS": str(int(LIVE_WALL_S * LIVE_SPEED)), "TICKTAPE_SIM_BAD_TICK_RATE": "0"}  # fmt: skip
+        cmd = [sys.executable, "-m", "bytewax.run"]
+        live_p = subprocess.Popen([*cmd, "flows.live"], env={**env, "TICKTAPE_METRICS_PORT": str(port)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        try:
+            time.sleep(6)
+            ingest_p = subprocess.run(
+                [*cmd, "flows.ingest"], env=env, capture_output=True, timeout=LIVE_WALL_S + 120, check=False
+            )
+            assert ingest_p.returncode == 0, ingest_p.stderr[-2000:]
+            time.sleep(3)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            status = Path(f"/proc/{live_p.pid}/status").read_text()
+            rss_mib = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) / 1024
+        finally:
+            os.killpg(live_p.pid, signal.SIGTERM)
+            live_p.wait(30)
+            delete_topics(kafka.admin(), [s.name for s in catalog.values()])
+        buckets = _histogram(metrics, "ticktape_decision_to_intent_seconds")
+        assert buckets and buckets[-1][1] > 50, "too few decisions to measure"
+        consumed = _metric(metrics, "ticktape_kafka_consumed_total{")
+        stats = {"p50_ms": _quantile(buckets, 0.5) * 1e3, "p99_ms": _quantile(buckets, 0.99) * 1e3,
+                 "decisions": buckets[-1][1], "rss_mib": rss_mib, "ticks_per_s": consumed / LIVE_WALL_S}  # fmt: skip
+        runs_stats.append(stats)
+        return stats["p99_ms"], stats
+
+    runs_stats: list[dict[str, float]] = []
+    result = measure(
+        "trading_decision_latency_p99_ms",
+        unit="ms",
+        fn=lambda: one_run()[0],
+        runs=3,
+        warmup=0,
+        target=2.0,
+        higher_is_better=False,
+        params={
+            "instruments": INSTRUMENTS,
+            "deployments": 40,
+            "timeframes": ["1s", "5s"],
+            "speed": LIVE_SPEED,
+            "wall_s": LIVE_WALL_S,
+            "measured": "candle-closing tick processed -> order intents emitted (ticktape_decision_to_intent_seconds)",
+        },
+    )
+    result.extra["runs"] = runs_stats
+    result.extra["p50_ms_median"] = sorted(s["p50_ms"] for s in runs_stats)[len(runs_stats) // 2]
+    result.extra["peak_rss_mib_max"] = max(s["rss_mib"] for s in runs_stats)
+    result.extra["rss_target_mib"] = 1024
+    result.write()
+    assert result.figure > 0
+
+
+def msgspec_to_dict(params: object) -> dict[str, object]:
+    import msgspec
+
+    return msgspec.to_builtins(params)  # type: ignore[no-any-return]
