@@ -26,6 +26,7 @@ so a repeated or replayed signal is harmless.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -53,6 +54,22 @@ class StrategyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     def __post_init__(self) -> None:
         if self.qty <= 0:
             msg = f"qty: expected a positive quantity, got {self.qty}"
+            raise ValueError(msg)
+
+
+class AtrStopParams(StrategyParams, frozen=True, kw_only=True):
+    """Params of a strategy whose entries carry a stop ``stop_atr`` ATR(``atr_period``) away."""
+
+    stop_atr: float = 2.0
+    atr_period: int = 14
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.stop_atr) and self.stop_atr > 0):
+            msg = f"stop_atr: expected a finite multiple of the ATR > 0, got {self.stop_atr}"
+            raise ValueError(msg)
+        if self.atr_period < 1:
+            msg = f"atr_period: expected a period >= 1, got {self.atr_period}"
             raise ValueError(msg)
 
 

@@ -186,8 +186,8 @@ class IndicatorRegistry:
         """
         parsed = self._parsed.get(spec) if isinstance(spec, str) else None
         if parsed is not None:
-            key, factory, args = parsed
-            return key, factory(*args)
+            cached_key, factory, cached_args = parsed
+            return cached_key, factory(*cached_args)
         if not isinstance(spec, str):
             msg = f"indicator spec must be a string like 'ema:9', got {spec!r}"
             raise IndicatorSpecError(msg)

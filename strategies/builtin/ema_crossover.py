@@ -26,23 +26,19 @@ ValueError: slow: expected a period above fast (21), got 9
 
 from __future__ import annotations
 
-import math
-
 from operators.indicators import REGISTRY as INDICATORS
 from schemas.market import Candle
 from schemas.orders import TargetPosition
-from strategies.base import Strategy, StrategyContext, StrategyParams
+from strategies.base import AtrStopParams, Strategy, StrategyContext
 from strategies.registry import strategy
 
 
-class EmaCrossoverParams(StrategyParams, frozen=True, kw_only=True):
+class EmaCrossoverParams(AtrStopParams, frozen=True, kw_only=True):
     """``fast``/``slow`` EMA periods; the stop sits ``stop_atr`` ATR(``atr_period``) from the close."""
 
     fast: int = 9
     slow: int = 21
     allow_short: bool = False
-    stop_atr: float = 2.0
-    atr_period: int = 14
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,12 +47,6 @@ class EmaCrossoverParams(StrategyParams, frozen=True, kw_only=True):
             raise ValueError(msg)
         if self.slow <= self.fast:
             msg = f"slow: expected a period above fast ({self.fast}), got {self.slow}"
-            raise ValueError(msg)
-        if not (math.isfinite(self.stop_atr) and self.stop_atr > 0):
-            msg = f"stop_atr: expected a finite multiple of the ATR > 0, got {self.stop_atr}"
-            raise ValueError(msg)
-        if self.atr_period < 1:
-            msg = f"atr_period: expected a period >= 1, got {self.atr_period}"
             raise ValueError(msg)
 
 

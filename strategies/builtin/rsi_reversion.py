@@ -30,16 +30,14 @@ ValueError: exit: expected a level above oversold (40.0), got 35.0
 
 from __future__ import annotations
 
-import math
-
 from operators.indicators import REGISTRY as INDICATORS
 from schemas.market import Candle
 from schemas.orders import TargetPosition
-from strategies.base import Strategy, StrategyContext, StrategyParams
+from strategies.base import AtrStopParams, Strategy, StrategyContext
 from strategies.registry import strategy
 
 
-class RsiReversionParams(StrategyParams, frozen=True, kw_only=True):
+class RsiReversionParams(AtrStopParams, frozen=True, kw_only=True):
     """RSI ``period`` and levels ``0 < oversold < exit < overbought < 100``; ATR-based stop."""
 
     period: int = 14
@@ -47,8 +45,6 @@ class RsiReversionParams(StrategyParams, frozen=True, kw_only=True):
     overbought: float = 70.0
     exit: float = 50.0
     allow_short: bool = False
-    stop_atr: float = 2.0
-    atr_period: int = 14
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,12 +59,6 @@ class RsiReversionParams(StrategyParams, frozen=True, kw_only=True):
             raise ValueError(msg)
         if not self.exit < self.overbought < 100:
             msg = f"overbought: expected a level above exit ({self.exit}) and below 100, got {self.overbought}"
-            raise ValueError(msg)
-        if not (math.isfinite(self.stop_atr) and self.stop_atr > 0):
-            msg = f"stop_atr: expected a finite multiple of the ATR > 0, got {self.stop_atr}"
-            raise ValueError(msg)
-        if self.atr_period < 1:
-            msg = f"atr_period: expected a period >= 1, got {self.atr_period}"
             raise ValueError(msg)
 
 

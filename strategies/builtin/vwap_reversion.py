@@ -40,18 +40,16 @@ from operators.candles import DAY_NS, IST_OFFSET_NS
 from operators.indicators import REGISTRY as INDICATORS
 from schemas.market import Candle
 from schemas.orders import TargetPosition
-from strategies.base import Strategy, StrategyContext, StrategyParams
+from strategies.base import AtrStopParams, Strategy, StrategyContext
 from strategies.registry import strategy
 
 
-class VwapReversionParams(StrategyParams, frozen=True, kw_only=True):
+class VwapReversionParams(AtrStopParams, frozen=True, kw_only=True):
     """Band width ``band`` in percent of the VWAP (``band_unit="pct"``) or in ATRs (``"atr"``)."""
 
     band: float = 0.5
     band_unit: Literal["pct", "atr"] = "pct"
     allow_short: bool = False
-    stop_atr: float = 2.0
-    atr_period: int = 14
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,12 +58,6 @@ class VwapReversionParams(StrategyParams, frozen=True, kw_only=True):
             raise ValueError(msg)
         if self.band_unit == "pct" and self.band >= 100:
             msg = f"band: expected a percentage below 100, got {self.band}"
-            raise ValueError(msg)
-        if not (math.isfinite(self.stop_atr) and self.stop_atr > 0):
-            msg = f"stop_atr: expected a finite multiple of the ATR > 0, got {self.stop_atr}"
-            raise ValueError(msg)
-        if self.atr_period < 1:
-            msg = f"atr_period: expected a period >= 1, got {self.atr_period}"
             raise ValueError(msg)
 
 
