@@ -37,7 +37,7 @@ from schemas.codec import encode
 from schemas.control import DisableStrategy, Halt, ManualOrder, Resume
 from schemas.market import Instrument
 from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position
-from schemas.risk import RiskRejected, TradingStateChanged
+from schemas.risk import RiskRejected, StopAlert, TradingStateChanged
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.trading")
@@ -229,6 +229,7 @@ def build_trading(
         Position: t_pos,
         RiskRejected: t_risk,
         TradingStateChanged: t_risk,
+        StopAlert: t_risk,
     }
     counts: dict[str, int] = {}
 

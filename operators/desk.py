@@ -182,6 +182,7 @@ class TradingDesk:
                 self._stop_orders(stops.on_fill(ev), now, work)
             else:  # Position, RiskRejected, TradingStateChanged
                 out.append(ev)
+        out.extend(stops.drain_alerts())
 
     def _stop_orders(self, orders: Iterable[Any], now: int, work: deque[Any]) -> None:
         """The stop manager's orders: cancels go straight out, intents through the gate."""

@@ -106,6 +106,7 @@ from schemas.orders import (
     Side,
     VenueRequest,
 )
+from schemas.risk import StopAlert
 
 __all__ = ["ProtectedStop", "StopConfig", "StopManager", "StopState", "TrailMode"]
 
@@ -230,9 +231,9 @@ class _Order:
 
 
 class _Arm:
-    __slots__ = ("account", "arm_id", "avg", "backstop", "be_at", "best", "bs_failures", "entry_coid",
-                 "exits_sent", "fast", "instrument", "key", "orders", "product", "qty", "reason", "seq",
-                 "sign", "state", "stop", "strategy", "take_profit", "tick", "trail")  # fmt: skip
+    __slots__ = ("account", "arm_id", "avg", "backstop", "be_at", "best", "bs_failures", "bs_given_up",
+                 "entry_coid", "exits_sent", "fast", "instrument", "key", "orders", "product", "qty", "reason",
+                 "seq", "sign", "state", "stop", "strategy", "take_profit", "tick", "trail")  # fmt: skip
 
     def __init__(self, fill: Fill, entry: _Entry, qty: int, tick: float, cfg: StopConfig) -> None:
         raw = f"{fill.client_order_id}|{fill.venue}|{fill.trade_id}".encode()
@@ -252,6 +253,7 @@ class _Arm:
         elif cfg.trail is TrailMode.BREAKEVEN and risk > 0:
             self.be_at = fill.price + self.sign * cfg.breakeven_r * risk
         self.state = StopState.ARMED
+        self.bs_given_up = False
         self.fast = False  # exit allowed while the backstop's cancel is in flight
         self.reason = "stop_loss"
         self.backstop: _Order | None = None  # the one backstop that may be live
@@ -273,6 +275,13 @@ class StopManager:
         self._orders: dict[str, tuple[_Arm, _Order]] = {}
         self._pos: dict[tuple[str, str], int] = {}
         self._trades: OrderedDict[tuple[str, str], None] = OrderedDict()  # FIFO window of (venue, trade_id)
+        self._alerts: list[StopAlert] = []  # protection lost, for an operator: see drain_alerts
+
+    def drain_alerts(self) -> list[StopAlert]:
+        """Positions whose protection failed since the last call: a FAILED arm (market exits used
+        up with qty left) or a backstop that stopped being re-placed. Nothing is silent."""
+        out, self._alerts = self._alerts, []
+        return out
 
     # ------------------------------------------------------------------ inputs
 
@@ -458,6 +467,10 @@ class StopManager:
             if bs is None:
                 if arm.bs_failures <= self.config.max_backstop_retries:
                     out.append(self._place_backstop(arm, ts))
+                elif not arm.bs_given_up:
+                    arm.bs_given_up = True
+                    self._alert(arm, "BACKSTOP_FAILED", f"backstop refused {arm.bs_failures} times; "
+                                f"only the local price watch protects {arm.qty}", ts)  # fmt: skip
             elif not bs.cancel_sent and (bs.qty != arm.qty or self._moved(arm, bs)):
                 out.append(self._cancel(arm, bs, "replace", ts))  # the replacement follows its CANCELLED
         else:
@@ -480,10 +493,24 @@ class StopManager:
             return []
         if arm.exits_sent >= self.config.max_exit_attempts:
             arm.state = StopState.FAILED
+            self._alert(arm, "STOP_FAILED", f"{arm.exits_sent} stop exits sent, {need} still open", ts)
             return []
         arm.exits_sent += 1
         order = self._register(arm, "X", need, 0.0)
         return [self._intent(arm, order, OrderType.MARKET, OrderPurpose.STOP_EXIT, None, arm.reason, ts)]
+
+    def _alert(self, arm: _Arm, code: str, detail: str, ts: _Ts) -> None:
+        self._alerts.append(
+            StopAlert(
+                account=arm.account,
+                strategy=arm.strategy,
+                instrument=arm.instrument,
+                code=code,
+                detail=detail,
+                ts_event=ts[0],
+                ts_init=ts[1],
+            )
+        )
 
     def _place_backstop(self, arm: _Arm, ts: _Ts) -> OrderIntent:
         cfg, s, tick = self.config, arm.sign, arm.tick

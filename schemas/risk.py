@@ -45,4 +45,18 @@ class StrategyError(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     ts_init: int
 
 
-RiskEvent = RiskRejected | TradingStateChanged | StrategyError
+class StopAlert(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A position lost (part of) its stop-loss protection and needs an operator:
+    ``STOP_FAILED`` (the market exits were used up with qty left) or ``BACKSTOP_FAILED`` (the
+    broker-side stop kept being refused; only the local watch is left)."""
+
+    account: str
+    strategy: str
+    instrument: str
+    code: str
+    detail: str
+    ts_event: int
+    ts_init: int
+
+
+RiskEvent = RiskRejected | TradingStateChanged | StrategyError | StopAlert

@@ -21,7 +21,7 @@ import msgspec
 from connectors.postgres.sinks import TableSpec, _ts
 from schemas.control import ConfigureStrategy, Control, DisableStrategy, EnableStrategy
 from schemas.orders import Fill, OrderIntent, OrderUpdate, Position, VenueRequest
-from schemas.risk import RiskEvent, RiskRejected, StrategyError, TradingStateChanged
+from schemas.risk import RiskEvent, RiskRejected, StopAlert, StrategyError, TradingStateChanged
 
 _TERMINAL = "('COMPLETE', 'CANCELLED', 'REJECTED')"
 
@@ -211,6 +211,8 @@ def _risk_row(ev: Any) -> tuple[Any, ...]:
         code, detail, state = ev.current.value, ev.reason, ev.current.value
     elif type(ev) is StrategyError:
         code, detail, state = ev.error_type, ev.message, None
+    elif type(ev) is StopAlert:
+        code, detail, state = ev.code, ev.detail, None
     else:  # pragma: no cover - the codec only yields RiskEvent members
         code, detail, state = kind, "", None
     return (

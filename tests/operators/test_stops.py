@@ -475,9 +475,13 @@ def test_a_lost_backstop_is_replaced_with_a_new_id_a_bounded_number_of_times() -
         assert isinstance(bs, OrderIntent) and (bs.purpose, bs.qty, bs.trigger_price) == (OrderPurpose.STOP, 10, 1489.9)
         ids.append(bs.client_order_id)
         d.status(bs, OrderStatus.TRIGGER_PENDING)  # an acknowledgement does not reset the count: no loop
+    assert d.sm.drain_alerts() == []
     assert d.status(bs, OrderStatus.CANCELLED) == []  # fourth loss: give up on the backstop
     assert d.status(bs, OrderStatus.CANCELLED) == []  # duplicate update: ignored
     assert len(set(ids)) == 4 and d.sm.protected()[0].backstop_id is None
+    (alert,) = d.sm.drain_alerts()  # said once, not silently
+    assert (alert.code, alert.strategy, alert.instrument) == ("BACKSTOP_FAILED", "s1", "NSE:INFY")
+    assert d.sm.drain_alerts() == []
     (x,) = d.tick(1490.0)  # the local watch still protects: an exit, nothing to cancel
     assert isinstance(x, OrderIntent) and x.purpose is OrderPurpose.STOP_EXIT
 
@@ -500,8 +504,11 @@ def test_a_rejected_exit_is_retried_with_a_new_id_then_the_arm_fails(status: Ord
         (x,) = d.status(x, status)  # type: ignore[assignment]
         assert isinstance(x, OrderIntent) and x.qty == 10 and x.purpose is OrderPurpose.STOP_EXIT
         ids.append(x.client_order_id)
+    assert d.sm.drain_alerts() == []
     assert d.status(x, status) == []
     assert len(set(ids)) == 3 and d.sm.protected()[0].state is StopState.FAILED
+    (alert,) = d.sm.drain_alerts()
+    assert alert.code == "STOP_FAILED" and "10 still open" in alert.detail
     assert d.tick(1400.0) == []
 
 
