@@ -315,11 +315,16 @@ class _RecordPartition(StatefulSourcePartition[Record, int]):
         self._consumer.close()
 
 
+class _MergeState(NamedTuple):
+    offsets: dict[int, int]  # partition -> next offset
+    highs: dict[int, int]  # partition -> running maximum of event time at that point
+
+
 def _merge_key(r: tuple[int, int, int, bytes | None, bytes | None]) -> tuple[int, int, int]:
     return r[0], r[1], r[2]
 
 
-class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
+class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
     """Every partition of one topic, merged into event-time order (see :class:`OrderedSource`)."""
 
     def __init__(
@@ -331,6 +336,7 @@ class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
         batch_size: int,
         tail: bool,
         idle_s: float,
+        highs: dict[int, int],
     ) -> None:
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
@@ -338,7 +344,8 @@ class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
         self._tail = tail
         self._buffers: dict[int, deque[tuple[int, int, bytes | None, bytes | None]]] = {p: deque() for p in offsets}
         self._at_end: set[int] = set()  # caught up: nothing buffered and nothing more in the log (yet)
-        self._highs: dict[int, int] = {}  # partition -> newest event time buffered so far
+        self._highs: dict[int, int] = dict(highs)  # partition -> newest event time buffered so far
+        self._emitted: dict[int, int] = dict(highs)  # partition -> merge time of the last record emitted
         self._end_since: dict[int, float] = {}  # partition -> monotonic time it caught up
         self._idle_s = idle_s
         self._counter = CONSUMED.labels(topic)
@@ -397,22 +404,26 @@ class _MergedPartition(StatefulSourcePartition[Record, dict[int, int]]):
         ready.sort(key=_merge_key)
         new, topic, offsets = tuple.__new__, self._topic, self._offsets
         out = [new(Record, (topic, p, offset, key, value)) for _ts, p, offset, key, value in ready]
-        for _ts, p, offset, _k, _v in ready:
+        emitted = self._emitted
+        for ts, p, offset, _k, _v in ready:
             offsets[p] = offset + 1
+            emitted[p] = ts
         self._counter.inc(len(out))
         return out
 
     def next_awake(self) -> datetime | None:
         return datetime.now(UTC) + timedelta(milliseconds=5)
 
-    def snapshot(self) -> dict[int, int]:
-        return dict(self._offsets)
+    def snapshot(self) -> _MergeState:
+        # The running maximum goes with the offsets, so a late record right after the resume
+        # point is placed as it was the first time.
+        return _MergeState(dict(self._offsets), dict(self._emitted))
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
+class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
     """One topic in event-time order, across all its partitions (one Bytewax partition).
 
     Independent partitions are read at independent speeds, so a plain consumer interleaves
@@ -425,7 +436,8 @@ class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
     (``tail=True``) a caught-up partition holds the others back to its newest time for at
     most ``idle_s`` of wall time (then it is taken as idle), which keeps live processing in
     event-time order too - the order a replay after a crash reproduces. ``tail=False`` ends
-    at the end of every partition. The resume state is the next offset of each partition.
+    at the end of every partition. The resume state is the next offset and the running
+    maximum of each partition.
     """
 
     def __init__(
@@ -448,11 +460,20 @@ class OrderedSource(FixedPartitionedSource[Record, dict[int, int]]):
             raise KafkaUnavailable(msg)
         return [f"merged@{self._topic}"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None) -> _MergedPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: _MergeState | None) -> _MergedPartition:
         n = existing_topics(self._client.admin())[self._topic]
-        offsets = resume_state or {p: self._start.get((self._topic, p), 0) for p in range(n)}
-        conf = self._client.consumer()
-        return _MergedPartition(conf, self._topic, offsets, self._ts_of, self._batch_size, self._tail, self._idle_s)
+        if resume_state is None:
+            resume_state = _MergeState({p: self._start.get((self._topic, p), 0) for p in range(n)}, {})
+        return _MergedPartition(
+            self._client.consumer(),
+            self._topic,
+            resume_state.offsets,
+            self._ts_of,
+            self._batch_size,
+            self._tail,
+            self._idle_s,
+            resume_state.highs,
+        )
 
 
 class RecordSource(FixedPartitionedSource[Record, int]):
