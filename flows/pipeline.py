@@ -1,9 +1,13 @@
 """The one pipeline builder shared by live, paper and backtest runs.
 
     ticks (md.ticks records) ─ decode ─┬─ per instrument: candles → indicators → patterns, OI buildup
+                                       │                  → strategies (with cfg.strategies)
                                        ├─ per option chain: PCR, max pain
                                        └─ (closed candles) market summary per timeframe
-    → md.candles, md.analytics, md.dlq (late or undecodable ticks)
+    → md.candles, md.analytics, md.dlq (late or undecodable ticks), sig.signals, risk.events
+      (strategy errors), and the ``decisions`` stream for the desks (flows.trading): each
+      target as :class:`Decided` at the time of the tick that closed its candle, and the
+      instrument's ticks as :class:`PriceRun` s, in the instrument's own order.
 
 Only the clock differs between modes, and it is chosen once, here: a live
 :class:`MarketClock` stamps outputs with wall time and closes idle bars on a timer at bar end
