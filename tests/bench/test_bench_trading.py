@@ -11,6 +11,7 @@ and desk (candles and indicators only), so the ratio is what trading costs on to
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 import uuid
@@ -33,7 +34,7 @@ from strategies.registry import REGISTRY
 from tests.bench.harness import measure
 
 INSTRUMENTS = 500
-SECONDS = int(__import__("os").environ.get("BENCH_SECONDS", "600"))
+SECONDS = int(os.environ.get("TICKTAPE_BENCH_SECONDS", "600"))  # market seconds replayed (shorter: profiling)
 DAY = date(2026, 11, 20)
 ANALYTICS = AnalyticsConfig(timeframes=("1s", "5s", "1m", "5m", "15m", "1h", "1d"), patterns=False,
                             publish_timeframes=())  # fmt: skip
@@ -147,7 +148,6 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
     """In-engine latency, live, at ~10k ticks/s: ``ticktape_decision_to_intent_seconds`` of a
     ``flows.live`` process (40 deployments, 500 instruments) fed by a paced ``flows.ingest``;
     p50/p99 from the histogram buckets, the live process's peak RSS from /proc."""
-    import os
     import signal
     import subprocess
     import sys
