@@ -165,3 +165,38 @@ def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, c
     assert len(first[catalog.name("ord.fills")]) > 20
     for topic in outputs:
         assert first[topic] == second[topic], topic
+
+
+def test_stored_candles_load_for_warm_up(database_url: str) -> None:
+    """flows.live reads the stored closed candles of the strategies' timeframes, oldest first,
+    with their open and close times, so they can warm a fresh start."""
+    from datetime import UTC, datetime, timedelta
+
+    from flows.live import warm_candles
+
+    universe = build_universe(DAY, 10)
+    sym = universe[3].instrument
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upsert_instruments(conn, universe)
+        iid = conn.execute("SELECT id FROM instruments WHERE symbol = %s", (sym,)).fetchone()[0]
+        for k in range(3):
+            for tf, step in (("1m", 60), ("5m", 300)):
+                conn.execute(
+                    "INSERT INTO ohlc_candles (time, instrument_id, timeframe, open_price, high_price, low_price, "
+                    "close_price, volume, trade_count, vwap, oi) VALUES (%s, %s, %s, 10, 12, 9, %s, 100, 5, 10.5, 0)",
+                    (start + timedelta(seconds=k * step), iid, tf, 11 + k),
+                )
+        conn.execute(  # older than the window: not loaded
+            "INSERT INTO ohlc_candles (time, instrument_id, timeframe, open_price, high_price, low_price, close_price,"
+            " volume) VALUES (%s, %s, '1m', 1, 1, 1, 1, 1)",
+            (start - timedelta(days=30), iid),
+        )
+        got = warm_candles(conn, ["1m"], days=5)
+    assert list(got) == [sym]
+    candles = got[sym]
+    assert [c.close for c in candles] == [11.0, 12.0, 13.0] and all(c.final and c.timeframe == "1m" for c in candles)
+    t0 = int(start.timestamp()) * 10**9
+    assert [(c.open_time - t0, c.ts_event - c.open_time) for c in candles] == [
+        (k * 60 * 10**9, 60 * 10**9) for k in range(3)
+    ]

@@ -95,3 +95,62 @@ def test_derivatives_emit_oi_buildup_and_pickling_mid_stream_changes_nothing() -
         a.on_tick(t, t.ts_event, out)
     a.flush(ts[-1].ts_event, out)
     assert out == whole
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+def _host(fast: int = 3, slow: int = 5):  # type: ignore[no-untyped-def]
+    import strategies.builtin  # noqa: F401
+    from operators.strategy_host import Deployment, StrategyHost
+    from strategies.registry import REGISTRY
+
+    params = REGISTRY.params("ema_crossover", {"fast": fast, "slow": slow, "timeframe": "1m", "qty": 1,
+                                               "allow_short": True, "atr_period": 3})  # fmt: skip
+    return StrategyHost("NSE:INFY", [Deployment("ema", "ema_crossover", params)], REGISTRY)
+
+
+def _decisions(out: list) -> list:
+    from schemas.orders import TargetPosition
+
+    return [e for e in out if type(e) is TargetPosition]
+
+
+def test_strategies_read_the_instruments_indicator_sets_and_history_only_warms_them() -> None:
+    day1, day2 = ticks(400, seed=4)[:400], ticks(400, seed=4)[400:]
+    # The strategy's indicators join the analytics set of its timeframe (ema_5 is shared).
+    a = InstrumentAnalytics("NSE:INFY", CFG, host=_host(), trade_from=day2[0].ts_event)
+    assert a.indicators["1m"].keys[:2] == ("ema_5", "rsi_5") and "ema_3" in a.indicators["1m"].keys
+    out = run(a, day1 + day2)
+    decided = _decisions(out)
+    assert decided and all(t.ts_event >= day2[0].ts_event for t in decided)  # day 1 is history: no trades
+
+    # Without the cut-off the same stream trades on day 1 too, and day 2 decides identically:
+    # the history warmed the strategy exactly as trading through it would have.
+    b = InstrumentAnalytics("NSE:INFY", CFG, host=_host())
+    all_decided = _decisions(run(b, day1 + day2))
+    assert any(t.ts_event < day2[0].ts_event for t in all_decided)
+    later = [t for t in all_decided if t.ts_event >= day2[0].ts_event]
+    assert [(t.signal_id, t.target_qty) for t in later] == [(t.signal_id, t.target_qty) for t in decided]
+
+
+def test_stored_candles_warm_a_fresh_instrument_like_the_ticks_they_came_from() -> None:
+    day1, day2 = ticks(400, seed=6)[:400], ticks(400, seed=6)[400:]
+    # Reference: one core that saw day 1's ticks, trading only on day 2.
+    ref = InstrumentAnalytics("NSE:INFY", CFG, host=_host(), trade_from=day2[0].ts_event)
+    ref_out = run(ref, day1 + day2)
+    stored = [c for c in ref_out if isinstance(c, Candle) and c.final and c.open_time < day2[0].ts_event]
+    # A fresh core warmed from day 1's stored candles decides day 2 the same way.
+    warm = InstrumentAnalytics("NSE:INFY", CFG, host=_host(), trade_from=day2[0].ts_event)
+    warm.warm(stored)
+    assert warm.indicators["1m"].snapshot() == _after(day1).indicators["1m"].snapshot()
+    got = _decisions(run(warm, day2))
+    want = [(t.signal_id, t.target_qty) for t in _decisions(ref_out)]
+    assert got and [(t.signal_id, t.target_qty) for t in got] == want
+
+
+def _after(ts: list[Tick]) -> InstrumentAnalytics:
+    """A fresh core (same config, never trading) that has seen ``ts`` and closed its bars."""
+    a = InstrumentAnalytics("NSE:INFY", CFG, host=_host(), trade_from=2**62)
+    run(a, ts)
+    return a
