@@ -45,6 +45,7 @@ class Health(BaseModel):
     database: ComponentHealth
     flows: dict[str, FlowHealth]
     persisted_lag_s: float | None = None
+    trading: dict[str, str] = {}  # account -> ACTIVE / REDUCING / HALTED, as last persisted
 
 
 def _endpoints(settings: Settings) -> tuple[str | None, str | None]:
@@ -69,19 +70,22 @@ def _check_broker(bootstrap: str | None) -> ComponentHealth:
     )
 
 
-def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None]:
+def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None, dict[str, str]]:
     if dsn is None:
-        return ComponentHealth(status="down", detail="no database configured or running"), None
+        return ComponentHealth(status="down", detail="no database configured or running"), None, {}
     t = time.perf_counter()
     try:
         with psycopg.connect(dsn, connect_timeout=2) as conn:
             row = conn.execute(
                 "SELECT EXTRACT(EPOCH FROM NOW() - MAX(updated_at)) FROM kafka_offsets WHERE consumer = 'persist'"
             ).fetchone()
+            trading: dict[str, str] = {}
+            if conn.execute("SELECT to_regclass('trading_state') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+                trading = dict(conn.execute("SELECT account, state FROM trading_state ORDER BY account").fetchall())
     except psycopg.Error as exc:
-        return ComponentHealth(status="down", detail=str(exc).strip().splitlines()[0]), None
+        return ComponentHealth(status="down", detail=str(exc).strip().splitlines()[0]), None, {}
     lag = float(row[0]) if row and row[0] is not None else None
-    return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - t) * 1000, 1)), lag
+    return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - t) * 1000, 1)), lag, trading
 
 
 def _flow_health(fs: FlowStatus) -> FlowHealth:
@@ -104,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:
         bootstrap, dsn = _endpoints(settings)
-        broker, (db, lag) = await asyncio.gather(
+        broker, (db, lag, trading) = await asyncio.gather(
             asyncio.to_thread(_check_broker, bootstrap), asyncio.to_thread(_check_database, dsn)
         )
         flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items() if name != "api"}
@@ -112,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         overall: Status = "ok" if all(p == "ok" for p in parts) else "down" if "down" in parts[:2] else "degraded"
         if overall != "ok":
             response.status_code = 503
-        return Health(status=overall, broker=broker, database=db, flows=flows, persisted_lag_s=lag)
+        return Health(status=overall, broker=broker, database=db, flows=flows, persisted_lag_s=lag, trading=trading)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

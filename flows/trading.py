@@ -8,7 +8,8 @@ One :class:`~operators.desk.TradingDesk` per account, on one worker (cross-instr
 state is small and keyed by account, ARCHITECTURE.md §3). The desk works at the event time of
 its input: ticks and decisions at their own (its clock never runs backwards), so a replay -
 a backtest, or the catch-up after a crash - decides the same way and stamps the same times.
-Commands are stamped by whoever issued them, on another clock, so live they act at the
+Commands are stamped by whoever issued them, on another clock, so live they are refused when
+older than the signal age limit by the wall clock (never a halt), and otherwise act at the
 market clock's time (newest event time plus the wall time since: the wall clock in real
 trading, the simulated session's time on the simulator), as do the timers of an idle market.
 The desk merges each batch by event time. Ticks reach the desk as one
@@ -25,8 +26,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Stream
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from flows.pipeline import Decided, MarketClock, PriceRun, _snapshot
 from operators.desk import TradingDesk
@@ -37,12 +39,16 @@ from schemas.codec import encode
 from schemas.control import DisableStrategy, Halt, ManualOrder, Resume
 from schemas.market import Instrument
 from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position
-from schemas.risk import RiskRejected, StopAlert, TradingStateChanged
+from schemas.risk import RiskRejected, StopAlert, TradingState, TradingStateChanged
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.trading")
 
 TRADING_OUT = Counter("ticktape_trading_events_total", "Events emitted by the trading desk", ["kind"])
+STATE = Gauge("ticktape_trading_state", "Account trading state: 0 ACTIVE, 1 REDUCING, 2 HALTED", ["account"])
+DAY_PNL = Gauge("ticktape_day_pnl_rupees", "Account day PnL: realized + unrealized - charges", ["account"])
+OPEN_POSITIONS = Gauge("ticktape_open_positions", "Open strategy positions of the account", ["account"])
+_STATE_CODE = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 DECISION_LATENCY = Histogram(
     "ticktape_decision_to_intent_seconds",
     "Live: wall time from the tick that closed a candle (processed in its instrument's step) to the "
@@ -93,7 +99,37 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
             due = desk.next_wake()
             if due is not None and due <= self.last_event:
                 desk.on_timer(self.last_event, out)
+        self._report(desk)
         return out, op.StatefulBatchLogic.RETAIN
+
+    def _live_command(self, desk: TradingDesk, cmd: Any, market_now: int, out: list[Any]) -> Any:
+        """A live command, re-stamped to market time - the desk's clock, which on the simulator is
+        not the wall clock its issuer stamped - once its wall-clock age is checked: a command
+        older than the signal age limit is refused (a halt is never refused)."""
+        assert self.clock is not None
+        age = self.clock.wall() - cmd.ts_event
+        if type(cmd) is not Halt and age > desk.gate.config.max_signal_age_ns:
+            out.append(
+                RiskRejected(
+                    account=desk.account,
+                    strategy=getattr(cmd, "strategy", ""),
+                    instrument=getattr(cmd, "instrument", ""),
+                    reason_code="STALE_SIGNAL",
+                    detail=f"{type(cmd).__name__} {cmd.command_id} arrived {age / 1e9:.1f} s after it was issued",
+                    ts_event=market_now,
+                    ts_init=market_now,
+                    signal_id=cmd.command_id,
+                )
+            )
+            return None
+        return msgspec.structs.replace(cmd, ts_event=market_now)
+
+    @staticmethod
+    def _report(desk: TradingDesk) -> None:
+        gate, account = desk.gate, desk.account
+        STATE.labels(account).set(_STATE_CODE[gate.state])
+        DAY_PNL.labels(account).set(gate.book.day_pnl())
+        OPEN_POSITIONS.labels(account).set(len(gate.book.open_keys()))
 
     def _merged(self, desk: TradingDesk, values: list[tuple[str, Any]], out: list[Any], market_now: int | None) -> None:
         """One batch holds runs of many instruments (each spanning the batch's market time),
@@ -124,8 +160,9 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
                 t = v.target
                 items.append((v.at, 0, t.instrument, t.strategy, v))
             elif kind is not PriceRun:
-                at = v.ts_event if market_now is None else market_now
-                items.append((at, 2, "", v.command_id, v))
+                cmd = v if market_now is None else self._live_command(desk, v, market_now, out)
+                if cmd is not None:
+                    items.append((cmd.ts_event, 2, "", cmd.command_id, cmd))
         items.sort(key=_order)
         wall = self.clock.wall if market_now is not None and self.clock is not None else None
         for at, kind_order, _, _, v in items:

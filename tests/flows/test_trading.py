@@ -200,3 +200,35 @@ def test_stored_candles_load_for_warm_up(database_url: str) -> None:
     assert [(c.open_time - t0, c.ts_event - c.open_time) for c in candles] == [
         (k * 60 * 10**9, 60 * 10**9) for k in range(3)
     ]
+
+
+def test_live_commands_act_at_market_time_and_stale_ones_are_refused() -> None:
+    """Commands are stamped with the issuer's wall clock; the desk runs on market time (on the
+    simulator, another day's 09:15 perhaps). Live, a command is aged by the wall clock, refused
+    past the signal age limit (except a halt), and otherwise re-stamped to market time."""
+    from datetime import timedelta
+
+    from flows.pipeline import MarketClock
+    from flows.trading import DeskLogic
+    from operators.desk import TradingDesk
+    from schemas.control import Halt, Resume
+    from schemas.risk import RiskRejected
+
+    wall = 1_800_000_000 * 10**9
+    market = wall - 6 * 3600 * 10**9  # the simulated session is hours behind the wall clock
+    clock = MarketClock(timedelta(0), wall=lambda: wall)
+    universe = {i.instrument: i for i in build_universe(DAY, 10)}
+    desk = TradingDesk("paper", universe)
+    logic = DeskLogic(desk, lambda account: desk, clock, recovery=False)
+    common = {"account": "paper", "issued_by": "test", "reason": "r"}
+
+    out: list = []
+    fresh = logic._live_command(desk, Resume(command_id="r1", ts_event=wall - 10**9, ts_init=0, **common), market, out)
+    assert fresh is not None and fresh.ts_event == market and out == []
+    assert logic._live_command(desk, Resume(command_id="r2", ts_event=wall - 60 * 10**9, ts_init=0, **common),
+                               market, out) is None  # fmt: skip
+    (refused,) = out
+    assert type(refused) is RiskRejected and refused.reason_code == "STALE_SIGNAL" and "r2" in refused.detail
+    old_halt = logic._live_command(desk, Halt(command_id="h1", ts_event=wall - 3600 * 10**9, ts_init=0, **common),
+                                   market, out)  # fmt: skip
+    assert old_halt is not None and old_halt.ts_event == market and len(out) == 1  # a halt always applies

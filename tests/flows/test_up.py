@@ -104,7 +104,16 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
                 row = conn.execute("SELECT state FROM trading_state WHERE account = 'paper'").fetchone()
                 halted = row[0] if row else None
         assert halted == "HALTED"
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["trading"] == {"paper": "HALTED"}
+        live_metrics = httpx.get(flows["live"]["metrics_url"], timeout=5).text
+        assert 'ticktape_trading_state{account="paper"} 2.0' in live_metrics
+        # Resume is stamped with the wall clock, the simulated market runs on its own: it still applies.
         cli_run("resume", "--reason", "test over")
+        while time.monotonic() < deadline + 60 and halted != "ACTIVE":
+            time.sleep(0.5)
+            with psycopg.connect(state.postgres.url) as conn:
+                halted = conn.execute("SELECT state FROM trading_state WHERE account = 'paper'").fetchone()[0]
+        assert halted == "ACTIVE"
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
