@@ -274,4 +274,5 @@ class PositionBook:
             last_price=p.last_price,
             ts_event=p.ts_event,
             ts_init=p.ts_init,
+            charges=p.charges,
         )

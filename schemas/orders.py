@@ -175,8 +175,9 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     instrument: str
     qty: int
     avg_price: float
-    realized_pnl: float
+    realized_pnl: float  # gross: fills math only
     unrealized_pnl: float
     last_price: float
     ts_event: int
     ts_init: int
+    charges: float = 0.0  # brokerage, taxes and fees of this position's fills; net = realized - charges

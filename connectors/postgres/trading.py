@@ -170,6 +170,7 @@ def _position_row(p: Position) -> tuple[Any, ...]:
         p.unrealized_pnl,
         p.last_price,
         p.ts_event,
+        p.charges,
     )
 
 
@@ -177,18 +178,19 @@ POSITIONS = TableSpec(
     table="positions",
     value_type=Position,
     stage_columns="time timestamptz, symbol text, account text, strategy text, qty int, avg_price float8, "
-    "realized float8, unrealized float8, last_price float8, ts bigint",
+    "realized float8, unrealized float8, last_price float8, ts bigint, charges float8",
     merge_sql="""INSERT INTO positions AS p (account, strategy_id, instrument_id, quantity, average_entry_price,
-    current_price, unrealized_pnl, realized_pnl, status, opened_at, updated_at, closed_at, last_event_ns)
+    current_price, unrealized_pnl, realized_pnl, status, opened_at, updated_at, closed_at, last_event_ns, charges)
 SELECT DISTINCT ON (s.account, s.strategy, s.symbol) s.account, s.strategy, i.id, s.qty, s.avg_price, s.last_price,
        s.unrealized, s.realized, CASE WHEN s.qty = 0 THEN 'CLOSED' ELSE 'OPEN' END, s.time, s.time,
-       CASE WHEN s.qty = 0 THEN s.time END, s.ts
+       CASE WHEN s.qty = 0 THEN s.time END, s.ts, s.charges
 FROM stage_positions s JOIN instruments i ON i.symbol = s.symbol
 ORDER BY s.account, s.strategy, s.symbol, s.ts DESC, s.stage_seq DESC
 ON CONFLICT (account, strategy_id, instrument_id) DO UPDATE
 SET quantity = EXCLUDED.quantity, average_entry_price = EXCLUDED.average_entry_price,
     current_price = EXCLUDED.current_price, unrealized_pnl = EXCLUDED.unrealized_pnl,
-    realized_pnl = EXCLUDED.realized_pnl, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at,
+    realized_pnl = EXCLUDED.realized_pnl, charges = EXCLUDED.charges, status = EXCLUDED.status,
+    updated_at = EXCLUDED.updated_at,
     closed_at = EXCLUDED.closed_at, last_event_ns = EXCLUDED.last_event_ns,
     opened_at = CASE WHEN p.status = 'CLOSED' AND EXCLUDED.status = 'OPEN' THEN EXCLUDED.opened_at ELSE p.opened_at END
 WHERE p.last_event_ns <= EXCLUDED.last_event_ns""",

@@ -73,6 +73,13 @@ def test_orders_fills_and_positions_agree(traded: dict[str, object]) -> None:
                 "JOIN instruments i ON i.id = p.instrument_id"
             ).fetchall()
         }
+        # Charges: a position carries the sum of its fills' charges (its realized PnL is gross).
+        charges = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE abs(p.charges - f.total) > 0.011), sum(f.total) FROM positions p "
+            "JOIN (SELECT strategy_id, instrument_id, sum(charges) AS total FROM fills GROUP BY 1, 2) f "
+            "USING (strategy_id, instrument_id)"
+        ).fetchone()
+        assert charges[0] == len(positions) and charges[1] == 0 and charges[2] > 0, charges
         history = conn.execute("SELECT count(DISTINCT order_id) FROM order_history").fetchone()[0]
 
     # Both strategies traded, with entries and exits, and every entry was protected by a backstop.

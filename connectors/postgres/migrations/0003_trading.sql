@@ -21,6 +21,7 @@ DROP INDEX IF EXISTS idx_positions_strategy_instrument;
 CREATE UNIQUE INDEX IF NOT EXISTS positions_account_strategy_instrument
     ON positions (account, strategy_id, instrument_id);
 ALTER TABLE positions ADD COLUMN IF NOT EXISTS last_event_ns BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE positions ADD COLUMN IF NOT EXISTS charges NUMERIC(14,2) NOT NULL DEFAULT 0;  -- realized_pnl is gross
 
 -- The trading state of each account (ACTIVE / REDUCING / HALTED), so a halt survives restarts.
 CREATE TABLE IF NOT EXISTS trading_state (
