@@ -12,25 +12,9 @@ from hypothesis import strategies as st
 from operators.charges import DEFAULT_RATES, ChargeClass, Charges, ChargesModel, charge_class
 from schemas.market import Instrument, InstrumentType
 from schemas.orders import Product, Side
+from tests.stubs import instrument as _inst
 
 D = Decimal
-
-
-def _inst(key: str, kind: InstrumentType, lot: int = 1, tick: float = 0.05) -> Instrument:
-    exchange, symbol = key.split(":")
-    return Instrument(
-        instrument=key,
-        instrument_token=1,
-        exchange_token=1,
-        tradingsymbol=symbol,
-        name=symbol,
-        exchange=exchange,
-        segment=exchange,
-        instrument_type=kind,
-        tick_size=tick,
-        lot_size=lot,
-    )
-
 
 INFY = _inst("NSE:INFY", InstrumentType.EQ)
 INFY_BSE = _inst("BSE:INFY", InstrumentType.EQ)

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from operators.risk import MANUAL_STRATEGY, Reason, RiskConfig, RiskGate, RiskOutput, client_order_id
 from schemas.control import Halt, ManualOrder, Resume
-from schemas.market import Instrument, InstrumentType
+from schemas.market import InstrumentType
 from schemas.orders import (
     MAX_CLIENT_ORDER_ID,
     CancelOrder,
@@ -31,6 +31,7 @@ from schemas.orders import (
     TargetPosition,
 )
 from schemas.risk import RiskRejected, TradingState, TradingStateChanged
+from tests.stubs import instrument as _inst
 
 SEC = 10**9
 DAY0 = 1_763_577_000 * SEC  # 2025-11-20 00:00 IST
@@ -42,13 +43,6 @@ def ist(h: int, m: int = 0, s: int = 0, day: int = 0) -> int:
 
 NOW = ist(10)
 B, S = Side.BUY, Side.SELL
-
-
-def _inst(key: str, kind: InstrumentType, lot: int = 1, tick: float = 0.05, freeze: int | None = None) -> Instrument:
-    exch, sym = key.split(":")
-    return Instrument(instrument=key, instrument_token=hash(key) % 10**6, exchange_token=1, tradingsymbol=sym, name=sym,
-                      exchange=exch, segment=exch, instrument_type=kind, tick_size=tick, lot_size=lot,
-                      freeze_qty=freeze)  # fmt: skip
 
 
 INSTRUMENTS = {

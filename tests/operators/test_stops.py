@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from operators.stops import StopConfig, StopManager, StopState, TrailMode
-from schemas.market import Instrument, InstrumentType
+from schemas.market import InstrumentType
 from schemas.orders import (
     MAX_CLIENT_ORDER_ID,
     CancelOrder,
@@ -26,27 +26,11 @@ from schemas.orders import (
     Side,
     VenueRequest,
 )
+from tests.stubs import instrument
 
 INFY, USDINR = "NSE:INFY", "CDS:USDINR24DECFUT"
 
-
-def _instrument(key: str, tick: float) -> Instrument:
-    exchange, symbol = key.split(":")
-    return Instrument(
-        instrument=key,
-        instrument_token=1,
-        exchange_token=1,
-        tradingsymbol=symbol,
-        name=symbol,
-        exchange=exchange,
-        segment=exchange,
-        instrument_type=InstrumentType.EQ if exchange == "NSE" else InstrumentType.FUT,
-        tick_size=tick,
-        lot_size=1,
-    )
-
-
-INSTRUMENTS = {INFY: _instrument(INFY, 0.05), USDINR: _instrument(USDINR, 0.0025)}
+INSTRUMENTS = {INFY: instrument(INFY), USDINR: instrument(USDINR, InstrumentType.FUT, tick=0.0025)}
 CFG = StopConfig(backstop_offset_ticks=2, backstop_offset_bps=0.0, trail_step_ticks=2, trail_step_bps=0.0)
 BUY, SELL = Side.BUY, Side.SELL
 

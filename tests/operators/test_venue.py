@@ -15,30 +15,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from operators.charges import ChargesModel
 from operators.venue import NO_SLIPPAGE, TRANSITIONS, WORKING, PartialFills, SimVenue, SlippageModel, VenueEvent
-from schemas.market import Instrument, InstrumentType, Tick
+from schemas.market import InstrumentType, Tick
 from schemas.orders import CancelOrder, Fill, OrderIntent, OrderStatus, OrderType, OrderUpdate, Product, Side
+from tests.stubs import instrument as _inst
 
 S = OrderStatus
 BUY, SELL = Side.BUY, Side.SELL
 MKT, LMT, SL, SLM, GTT = OrderType.MARKET, OrderType.LIMIT, OrderType.SL, OrderType.SL_M, OrderType.GTT
-
-
-def _inst(key: str, kind: InstrumentType, *, lot: int = 1, tick: float = 0.05, freeze: int | None = None) -> Instrument:
-    exchange, symbol = key.split(":")
-    return Instrument(
-        instrument=key,
-        instrument_token=1,
-        exchange_token=1,
-        tradingsymbol=symbol,
-        name=symbol,
-        exchange=exchange,
-        segment=exchange,
-        instrument_type=kind,
-        tick_size=tick,
-        lot_size=lot,
-        freeze_qty=freeze,
-    )
-
 
 EQ = "NSE:INFY"
 FUT = "NFO:NIFTYFUT"  # a 0.1 grid, to test rounding off the usual 0.05
