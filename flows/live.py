@@ -35,13 +35,13 @@ from flows.pipeline import MarketClock, PipelineConfig, build_market, strategy_c
 from flows.trading import TradingSetup, build_trading
 from operators.analytics import AnalyticsConfig
 from operators.candles import parse_timeframe
-from schemas.codec import encode
+from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
 from schemas.market import Candle, Instrument, RejectReason, rejected
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.live")
-_COMMAND = msgspec.json.Decoder(Control)
+_COMMAND = codec_for(Control)
 
 
 class _EventTime(msgspec.Struct):
@@ -75,12 +75,12 @@ def _decode_commands(dlq: str) -> Any:
         for rec in records:
             if rec is HEARTBEAT or rec.partition < 0:
                 continue
+            value = rec.value or b""
             try:
-                out.append(_COMMAND.decode(rec.value or b""))
-            except msgspec.DecodeError as exc:
-                detail = f"{rec.topic}[{rec.partition}]@{rec.offset}: {exc}"
-                log.error("undecodable control command %s", detail)
-                out.append((dlq, "", encode(rejected(rec.topic, None, RejectReason.MALFORMED, detail, rec.value or b"", 0))))
+                out.append(_COMMAND.decode(value, topic=rec.topic, partition=rec.partition, offset=rec.offset))
+            except DecodeError as exc:
+                log.error("%s", exc)
+                out.append((dlq, "", encode(rejected(rec.topic, None, RejectReason.MALFORMED, str(exc), value, 0))))
         return out
 
     return decode
@@ -179,7 +179,6 @@ def _flow_from_env() -> Dataflow:
     from connectors.postgres.strategies import halted_accounts, load_deployments
     from flows.pipeline import StrategySetup
     from flows.runtime import flow_context
-    from schemas.codec import codec_for
     from schemas.market import Tick
     from strategies.registry import REGISTRY
 

@@ -77,7 +77,6 @@ class TradingDesk:
         self.gate = RiskGate(account, instruments, risk)
         self.stops = StopManager(instruments, stops)
         self.venue = venue
-        self.last: dict[str, float] = {}  # last traded price by instrument
         self.now = 0  # the desk's time never runs backwards (inputs of many instruments interleave)
         self._work: deque[Any] = deque()
 
@@ -85,12 +84,11 @@ class TradingDesk:
 
     def on_ticks(self, ticks: Iterable[Tick], now: int | None, out: list[Any]) -> None:
         """Consecutive ticks of one instrument. ``now=None``: each tick's event time (replay)."""
-        gate, stops, venue, last = self.gate, self.stops, self.venue, self.last
+        gate, stops, venue = self.gate, self.stops, self.venue
         for t in ticks:
             ts = t.ts_event if now is None else now
             ts = max(ts, self.now)
             self.now = ts
-            last[t.instrument] = t.ltp
             if venue is not None:
                 events = venue.on_tick(t)
                 if events:
@@ -104,7 +102,7 @@ class TradingDesk:
 
     def on_target(self, t: TargetPosition, now: int, out: list[Any]) -> None:
         now = self.now = max(now, self.now)
-        self._run(self.gate.on_target(t, self.last.get(t.instrument), now), now, out)
+        self._run(self.gate.on_target(t, self.gate.book.last_price(t.instrument), now), now, out)
 
     def on_command(self, cmd: Any, now: int, out: list[Any]) -> None:
         now = self.now = max(now, self.now)
@@ -114,7 +112,7 @@ class TradingDesk:
         elif type(cmd) is Resume:
             self._run(gate.resume(cmd, now), now, out)
         elif type(cmd) is ManualOrder:
-            self._run(gate.on_manual(cmd, self.last.get(cmd.instrument), now), now, out)
+            self._run(gate.on_manual(cmd, self.gate.book.last_price(cmd.instrument), now), now, out)
         elif type(cmd) is DisableStrategy and cmd.flatten:
             for p in gate.book.positions():
                 if p.strategy == cmd.strategy and p.qty != 0:
@@ -128,7 +126,7 @@ class TradingDesk:
                         signal_id=f"{cmd.command_id}|{p.instrument}",
                         reason=f"disabled with flatten by {cmd.issued_by}",
                     )
-                    self._run(gate.on_target(flat, self.last.get(p.instrument), now), now, out)
+                    self._run(gate.on_target(flat, self.gate.book.last_price(p.instrument), now), now, out)
 
     def on_venue_event(self, ev: OrderUpdate | Fill, now: int, out: list[Any]) -> None:
         """An update or fill reported by an external venue (live broker)."""

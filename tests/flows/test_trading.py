@@ -122,12 +122,30 @@ def test_orders_fills_and_positions_agree(traded: dict[str, object]) -> None:
         assert realized == pytest.approx(book[key][2], abs=0.02), key
 
 
+def _values(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
+    """Every value of partition 0 of ``topic``, in order."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer(kafka.consumer(**{"fetch.wait.max.ms": 50}))
+    c.assign([TopicPartition(topic, 0, 0)])
+    values: list[bytes] = []
+    while True:
+        msgs = c.consume(10_000, 2.0)
+        values += [m.value() for m in msgs if not m.error()]
+        if not msgs or any(m.error() and m.error().code() == KafkaError._PARTITION_EOF for m in msgs):
+            break
+    c.close()
+    return values
+
+
 def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
     """The same md.ticks replayed twice (event-time order, one worker) gives the same orders,
     updates, fills, positions and risk events, byte for byte and in the same order."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Producer
 
     from connectors.kafka import create_topics, delete_topics
+    from schemas.codec import codec_for
+    from schemas.market import RejectedEvent
 
     universe = tuple(build_universe(DAY, 30))
     stocks = [i.instrument for i in universe if i.instrument_type is InstrumentType.EQ][:8]
@@ -153,23 +171,15 @@ def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, c
         delete_topics(admin, outputs)
         create_topics(admin, catalog)
         run_main(live.build(kafka, catalog, universe, pipeline, tail=False, trading=TradingSetup()))
-        got: dict[str, list[bytes]] = {}
-        for topic in outputs:
-            c = Consumer(kafka.consumer(**{"fetch.wait.max.ms": 50}))
-            c.assign([TopicPartition(topic, 0, 0)])
-            values: list[bytes] = []
-            while True:
-                msgs = c.consume(10_000, 2.0)
-                if not msgs or any(m.error() and m.error().code() == KafkaError._PARTITION_EOF for m in msgs):
-                    values += [m.value() for m in msgs if not m.error()]
-                    break
-                values += [m.value() for m in msgs if not m.error()]
-            c.close()
-            got[topic] = values
-        return got
+        return {topic: _values(kafka, topic) for topic in outputs}
 
+    bad = Producer(kafka.producer())  # a malformed control command is dead-lettered, naming where it was
+    bad.produce(catalog.name("ctl.commands"), b'{"type":"Halt","command_id":', b"paper")
+    assert bad.flush(10) == 0
     first, second = replay(), replay()
     assert len(first[catalog.name("ord.fills")]) > 20
+    dlq = _values(kafka, catalog.name("md.dlq"))
+    assert dlq and all(f"{catalog.name('ctl.commands')}[0]@0" in codec_for(RejectedEvent).decode(v).detail for v in dlq)
     for topic in outputs:
         assert first[topic] == second[topic], topic
 
