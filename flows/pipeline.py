@@ -425,8 +425,8 @@ def build_market(
             trade_from=strat.trade_from,
         )
         warm = [c for c in strat.warm.get(instrument, ()) if c.open_time < session_bounds(first_event)[0]]
-        if warm:
-            core.warm(warm)
+        for err in core.warm(warm) if warm else ():
+            log.warning("strategy %s failed on a stored candle of %s: %s", err.strategy, instrument, err.message)
         return core
 
     inst_in: Stream[tuple[str, Any]] = valid  # type: ignore[assignment]

@@ -44,6 +44,7 @@ from operators.patterns import PatternDetector
 from schemas.analytics import IndicatorSnapshot, PatternSignal
 from schemas.market import Candle, Tick
 from schemas.orders import TargetPosition
+from schemas.risk import StrategyError
 
 if TYPE_CHECKING:
     from operators.strategy_host import StrategyHost
@@ -173,18 +174,22 @@ class InstrumentAnalytics:
                 out.append(change)
         return outcome
 
-    def warm(self, candles: Iterable[Candle]) -> None:
+    def warm(self, candles: Iterable[Candle]) -> list[StrategyError]:
         """Fold stored closed candles (oldest first, earlier sessions) into the indicators,
-        patterns, levels and strategies, publishing nothing and trading nothing."""
+        patterns, levels and strategies, publishing nothing and trading nothing. Returns the
+        strategy errors they raised (they count toward disabling, so the caller reports them)."""
         sink: list[Any] = []
+        errors: list[StrategyError] = []
         trade_from, self.trade_from = self.trade_from, 2**63 - 1
         try:
             for c in candles:
                 if c.final and c.timeframe in self.indicators:
                     self._on_closed(c, c.ts_event, sink)
+                    errors.extend(e for e in sink if type(e) is StrategyError)
                     sink.clear()
         finally:
             self.trade_from = trade_from
+        return errors
 
     def control(self, cmd: EnableStrategy | DisableStrategy | ConfigureStrategy) -> bool:
         """Apply a strategy command here (see :meth:`StrategyHost.control`); a re-configured

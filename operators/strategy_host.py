@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
@@ -117,18 +118,18 @@ class StrategyHost:
             return []
         hist.append(candle)
         out: list[Any] = []
+        # One read-only view of the values and history per candle, shared by every subscriber
+        # (the caller hands over ``indicators`` and does not change it afterwards).
+        view: Mapping[str, float] | None = None
+        recent: tuple[Candle, ...] = ()
         for sid, inst in self.instances.items():
             d = inst.deployment
             if not inst.enabled or d.params.timeframe != candle.timeframe:
                 continue
-            ctx = StrategyContext.build(
-                strategy_id=sid,
-                account=d.account,
-                candle=candle,
-                indicators=indicators,
-                candles=hist,
-                position=self.positions.get(sid, 0),
-                params=d.params,
+            if view is None:
+                view, recent = MappingProxyType(indicators), tuple(hist)
+            ctx = StrategyContext(
+                sid, d.account, self.instrument, candle.timeframe, view, recent, self.positions.get(sid, 0), d.params
             )
             try:
                 targets = inst.strategy.on_candle(ctx, candle)

@@ -154,3 +154,23 @@ def _after(ts: list[Tick]) -> InstrumentAnalytics:
     a = InstrumentAnalytics("NSE:INFY", CFG, host=_host(), trade_from=2**62)
     run(a, ts)
     return a
+
+
+def test_errors_while_warming_are_returned_not_dropped() -> None:
+    from operators.strategy_host import Deployment, StrategyHost
+    from strategies.base import Strategy, StrategyParams
+    from strategies.registry import StrategyRegistry
+
+    reg = StrategyRegistry()
+
+    @reg.register("boom")
+    class Boom(Strategy[StrategyParams]):
+        Params = StrategyParams
+
+        def on_candle(self, ctx, candle):  # type: ignore[no-untyped-def]
+            raise ZeroDivisionError("bad math")
+
+    host = StrategyHost("NSE:INFY", [Deployment("b", "boom", reg.params("boom", {"timeframe": "1m"}))], reg)
+    stored = [c for c in run(InstrumentAnalytics("NSE:INFY", CFG), ticks(100)) if isinstance(c, Candle) and c.final]
+    errors = InstrumentAnalytics("NSE:INFY", CFG, host=host).warm(stored)
+    assert errors and {(e.strategy, e.error_type) for e in errors} == {("b", "ZeroDivisionError")}
