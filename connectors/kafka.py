@@ -106,39 +106,54 @@ def existing_topics(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]
     return {name: len(t.partitions) for name, t in md.topics.items() if not name.startswith("__")}
 
 
-def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:
-    """``(topic, partition) -> high watermark`` (the offset the next record will get)."""
+def _tails(client: KafkaClientConfig, topic: str, timeout: float) -> dict[int, tuple[int, bytes | None]]:
+    """Partition -> (end offset, newest value or None when empty), read from the log itself.
+
+    ``get_watermark_offsets`` is not enough on the embedded broker: its high watermark is the
+    base offset of the newest *batch* + 1 (research/tansu-compat.md §3). So each partition is
+    read from just below that mark to its ``_PARTITION_EOF``, whose offset is exact everywhere.
+    """
     parts = existing_topics(client.admin(), timeout).get(topic)
     if parts is None:
         msg = f"topic {topic} does not exist (run `ticktape topics create`)"
         raise KafkaUnavailable(msg)
-    c = Consumer(client.consumer())
+    c = Consumer(client.consumer(**{"fetch.wait.max.ms": 10}))
+    out: dict[int, tuple[int, bytes | None]] = {}
     try:
-        return {(topic, p): int(c.get_watermark_offsets(TopicPartition(topic, p), timeout)[1]) for p in range(parts)}
+        for p in range(parts):
+            lo, hi = (int(x) for x in c.get_watermark_offsets(TopicPartition(topic, p), timeout))
+            c.assign([TopicPartition(topic, p, max(lo, hi - 1))])
+            last: bytes | None = None
+            deadline = time.monotonic() + timeout
+            while True:
+                if time.monotonic() > deadline:
+                    msg = f"no end of partition from {topic}[{p}] within {timeout}s"
+                    raise KafkaUnavailable(msg)
+                m = c.poll(0.5)
+                if m is None:
+                    continue
+                err = m.error()
+                if err is None:
+                    last = m.value() or b""
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    out[p] = (int(m.offset() or 0), last)
+                    break
+                else:
+                    msg = f"error reading the end of {topic}[{p}]: {err}"
+                    raise KafkaUnavailable(msg)
     finally:
         c.close()
+    return out
+
+
+def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> end offset`` (the offset the next record will get)."""
+    return {(topic, p): end for p, (end, _) in _tails(client, topic, timeout).items()}
 
 
 def last_values(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> list[bytes]:
     """The newest record's value of every non-empty partition of ``topic``."""
-    ends = end_offsets(client, topic, timeout)
-    c = Consumer(client.consumer(**{"fetch.wait.max.ms": 10}))
-    out: list[bytes] = []
-    try:
-        for (t, p), hi in ends.items():
-            lo = int(c.get_watermark_offsets(TopicPartition(t, p), timeout)[0])
-            if hi <= lo:
-                continue
-            c.assign([TopicPartition(t, p, hi - 1)])
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                m = c.poll(0.5)
-                if m is not None and not m.error():
-                    out.append(m.value() or b"")
-                    break
-    finally:
-        c.close()
-    return out
+    return [v for _, v in _tails(client, topic, timeout).values() if v is not None]
 
 
 def create_topics(admin: AdminClient, catalog: TopicCatalog, timeout: float = 15.0) -> list[str]:

@@ -80,3 +80,19 @@ def test_a_resume_from_recovery_keeps_a_late_record_late(kafka: KafkaClientConfi
     assert run() == [10, 15, 20, 30]
     produce({0: [5], 1: [40], 2: [18]})  # partition 0's 5 is late (after its 20)
     assert run() == [18, 5, 40]  # merged at 20, its partition's running maximum, not at 5
+
+
+def test_end_offsets_and_last_values_read_the_log_not_the_batch_watermark(
+    kafka: KafkaClientConfig, catalog: TopicCatalog
+) -> None:
+    """On the embedded broker the high watermark is the newest batch's base offset + 1; the
+    helpers the live flow starts from (ctl.commands end, newest tick) must not trust it."""
+    from connectors.kafka import end_offsets, last_values
+
+    topic = catalog.name("md.ticks")
+    p = Producer(kafka.producer(**{"linger.ms": 200}))  # one batch of 25 records
+    for t in range(25):
+        p.produce(topic, json.dumps({"ts": t}).encode(), partition=0)
+    assert p.flush(10) == 0
+    assert end_offsets(kafka, topic) == {(topic, 0): 25, (topic, 1): 0, (topic, 2): 0, (topic, 3): 0}
+    assert [_ts(v) for v in last_values(kafka, topic)] == [24]
