@@ -198,11 +198,8 @@ WHERE p.last_event_ns <= EXCLUDED.last_event_ns""",
 )
 
 
-def _event_key(ev: Any) -> str:
-    return hashlib.blake2b(msgspec.json.encode(ev), digest_size=16).hexdigest()
-
-
 def _risk_row(ev: Any) -> tuple[Any, ...]:
+    payload = msgspec.json.encode(ev)
     kind = type(ev).__name__
     account = getattr(ev, "account", "")
     strategy = getattr(ev, "strategy", None)
@@ -220,13 +217,13 @@ def _risk_row(ev: Any) -> tuple[Any, ...]:
     return (
         _ts(ev.ts_event),
         instrument,
-        _event_key(ev),
+        hashlib.blake2b(payload, digest_size=16).hexdigest(),  # idempotency key: the event itself
         account,
         kind,
         strategy,
         code,
         detail,
-        msgspec.json.encode(ev).decode(),
+        payload.decode(),
         state,
         ev.ts_event,
     )
