@@ -109,7 +109,7 @@ def build(
     """
     universe = list(universe)
     flow = Dataflow("live")
-    ticks_topic = catalog.name("md.ticks")
+    ticks_topic = catalog.name("md.ticks" if cfg.bars is None else "md.candles")  # a candle-only replay reads bars
     ticks = op.input(
         "md", flow, OrderedSource(client, ticks_topic, _event_time, start=start, tail=tail, batch_size=batch_size)
     )

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 
 from connectors.kafka import HEARTBEAT, Record
 from operators.analytics import AnalyticsConfig, InstrumentAnalytics
-from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION, session_bounds
+from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION, parse_timeframes, session_bounds
 from operators.market_summary import MarketSummaryBook
 from operators.open_interest import OptionChain, option_chains
 from operators.strategy_host import Deployment, StrategyHost
@@ -107,6 +107,17 @@ class PipelineConfig:
     # costs more than computing them, so the live state is handed over as is.
     recovery: bool = False
     strategies: StrategySetup | None = None
+    # A candle-only replay: the input topic carries closed candles of this timeframe (the finest
+    # computed), which skip aggregation and feed indicators and strategies directly; no candle
+    # is published (the input is the record of them). None: the input is ticks.
+    bars: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bars is not None:
+            finest = parse_timeframes(self.analytics.timeframes)[0].name
+            if finest != self.bars:
+                msg = f"a {self.bars} candle input needs {self.bars} as the finest timeframe; computed: {finest}"
+                raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,57 @@ def _decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
     return out
 
 
+_CANDLE_DECODER = msgspec.json.Decoder(Candle)
+
+
+def _bar_decoder(timeframe: str) -> Callable[[list[Record]], list[tuple[str, Any]]]:
+    """Decode a candle input: closed candles of ``timeframe``; anything else is dead-lettered."""
+    decode = _CANDLE_DECODER.decode
+
+    def decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for rec in records:
+            if rec is HEARTBEAT or rec.partition < 0:
+                continue
+            try:
+                c = decode(rec.value or b"")
+            except msgspec.DecodeError as exc:
+                err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
+                out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
+                continue
+            if c.timeframe != timeframe or not c.final:
+                why = f"{rec.topic}[{rec.partition}]@{rec.offset}: expected a closed {timeframe} candle, got "
+                why += f"{'a closed' if c.final else 'an open'} {c.timeframe} one"
+                out.append(("", Reject(rec.topic, c.instrument, RejectReason.MALFORMED, why, rec.value or b"", c.ts_event)))
+                continue
+            out.append((c.instrument, c))
+        return out
+
+    return decode_batch
+
+
+def bar_ticks(c: Candle) -> list[Tick]:
+    """The price path a candle-only replay shows the desk for one bar: open at the bar's open,
+    then low and high (high first on a down bar), then the close just before the bar's close
+    time - so stops see the bar's range and a decision taken at the close meets the close
+    price. ``seq`` follows the open time, so it rises bar to bar.
+
+    >>> c = Candle(instrument="NSE:INFY", timeframe="1m", open_time=0, ts_event=60, ts_init=60, open=10.0,
+    ...            high=12.0, low=9.0, close=11.0, volume=8, trade_count=1, vwap=10.5, oi=0, final=True)
+    >>> [(t.ts_event, t.ltp) for t in bar_ticks(c)]
+    [(0, 10.0), (20, 9.0), (40, 12.0), (59, 11.0)]
+    """
+    o, span = c.open_time, c.ts_event - c.open_time
+    first, second = (c.low, c.high) if c.close >= c.open else (c.high, c.low)
+    seq, qty = (o // 1_000_000) * 4, c.volume // 4
+    return [
+        Tick(instrument=c.instrument, ts_event=ts, ts_init=ts, seq=seq + k, ltp=px, last_qty=qty, volume=0, oi=c.oi,
+             bid=px, ask=px, bid_qty=0, ask_qty=0)
+        for k, (ts, px) in enumerate(((o, c.open), (o + span // 3, first), (o + 2 * span // 3, second),
+                                      (c.ts_event - 1, c.close)))
+    ]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- per instrument
 
 
@@ -218,16 +280,19 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         core, clock = self.core, self.clock
         if core is None:
-            first = next((v for v in values if type(v) is Tick), None)
+            first = next((v for v in values if type(v) is Tick or type(v) is Candle), None)
             if first is None:  # only commands for an instrument that has not ticked yet: nothing to do
                 return (), op.StatefulBatchLogic.RETAIN
-            core = self.core = self.factory(first.instrument, first.ts_event)
+            core = self.core = self.factory(first.instrument, first.ts_event if type(first) is Tick else first.open_time)
         out: list[Any] = []
         prices = self.prices
         run: list[Tick] = []  # ticks since the last decision, for the trading desk, in order
         for t in values:
             if type(t) is not Tick:
-                self._command(core, t, out)
+                if type(t) is Candle:
+                    run = self._bar(core, t, run, out)
+                else:
+                    self._command(core, t, out)
                 continue
             if t.ts_event > self.last_event:  # noqa: PLR1730 (per tick: cheaper than max())
                 self.last_event = t.ts_event
@@ -257,6 +322,31 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
         if run:
             out.append(PriceRun(run[0].instrument, run))
         return out, op.StatefulBatchLogic.RETAIN
+
+    def _bar(self, core: InstrumentAnalytics, c: Candle, run: list[Tick], out: list[Any]) -> list[Tick]:
+        """One closed bar of a candle input; returns the price run still to be sent."""
+        self.last_event = max(self.last_event, c.ts_event)
+        mark = len(out)
+        outcome = core.begin_bar(c, c.open_time, out)
+        if outcome:
+            if outcome == LATE:
+                TICKS_IGNORED.labels("late").inc()
+                out.append(Reject(self.ticks_topic, c.instrument, RejectReason.LATE, _LATE, encode(c), c.ts_event))
+            else:
+                TICKS_IGNORED.labels("duplicate" if outcome == DUPLICATE else "outside_session").inc()
+            return run
+        prices = self.prices
+        if prices and len(out) > mark and _decide(out, mark, c.open_time) and run:
+            out.insert(mark, PriceRun(c.instrument, run))  # coarser bars closed at this bar's open
+            run = []
+        if prices:
+            run.extend(bar_ticks(c))
+        mark = len(out)
+        core.end_bar(c.ts_event, out)
+        if prices and len(out) > mark and _decide(out, mark, c.ts_event) and run:
+            out.insert(mark, PriceRun(c.instrument, run))
+            run = []
+        return run
 
     def _command(self, core: InstrumentAnalytics, cmd: Any, out: list[Any]) -> None:
         try:
@@ -408,8 +498,10 @@ def build_market(
     t_signals, t_risk = catalog.name("sig.signals"), catalog.name("risk.events")
     acfg, clock, rec = cfg.analytics, cfg.clock, cfg.recovery
 
-    decoded = op.flat_map_batch("decode", ticks, _decode_batch)
-    split = op.branch("decodable", decoded, lambda kv: type(kv[1]) is Tick)
+    bars = cfg.bars
+    decoded = op.flat_map_batch("decode", ticks, _decode_batch if bars is None else _bar_decoder(bars))
+    market_type = Tick if bars is None else Candle
+    split = op.branch("decodable", decoded, lambda kv: type(kv[1]) is market_type)
     valid: Stream[tuple[str, Tick]] = split.trues  # type: ignore[assignment]
 
     strat = cfg.strategies
@@ -473,7 +565,8 @@ def build_market(
         for ev in items:
             kind = type(ev)
             if kind is Candle:
-                recs.append((t_candles, ev.instrument, encode(ev)))
+                if bars is None:  # a candle input is its own record: nothing goes back into it
+                    recs.append((t_candles, ev.instrument, encode(ev)))
                 if ev.final:
                     closed_by_tf[ev.timeframe] = closed_by_tf.get(ev.timeframe, 0) + 1
             elif kind is PriceRun:

@@ -174,6 +174,22 @@ class InstrumentAnalytics:
                 out.append(change)
         return outcome
 
+    def begin_bar(self, c: Candle, now: int, out: list[Any]) -> int:
+        """A closed bar of the finest timeframe from a candle input (a candle-only replay; see
+        :meth:`CandleBook.begin_bar`): coarser bars it supersedes close, and what they trigger
+        is appended to ``out``. :meth:`end_bar` closes the bar itself. Returns the outcome."""
+        start = len(out)
+        outcome = self.book.begin_bar(c, now, out)
+        if len(out) > start:
+            self._after_candles(out, start, now)
+        return outcome
+
+    def end_bar(self, now: int, out: list[Any]) -> None:
+        start = len(out)
+        self.book.end_bar(now, out)
+        if len(out) > start:
+            self._after_candles(out, start, now)
+
     def warm(self, candles: Iterable[Candle]) -> list[StrategyError]:
         """Fold stored closed candles (oldest first, earlier sessions) into the indicators,
         patterns, levels and strategies, publishing nothing and trading nothing. Returns the

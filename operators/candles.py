@@ -314,6 +314,51 @@ class CandleBook:
             if child is not None:
                 child.fold(bar)
 
+    # ------------------------------------------------------------------ bars
+
+    def begin_bar(self, c: Candle, now: int, out: list[Candle]) -> int:
+        """Start a closed bar of the base timeframe from a candle input (a candle-only replay):
+        every coarser bar it supersedes closes first, as the first tick of that bar would close
+        it. :meth:`end_bar` then closes the bar itself; between the two the caller may act at
+        the bar's open. Returns APPLIED, DUPLICATE (same bar again), LATE or OUTSIDE_SESSION.
+
+        >>> book = CandleBook("NSE:INFY", ("1m", "5m"))
+        >>> t0 = 1_763_610_300 * 10**9  # 09:15 IST
+        >>> out = []
+        >>> for k in range(6):
+        ...     bar = Candle(instrument="NSE:INFY", timeframe="1m", open_time=t0 + k * 60 * 10**9,
+        ...                  ts_event=t0 + (k + 1) * 60 * 10**9, ts_init=0, open=10.0, high=10.0 + k, low=9.0,
+        ...                  close=10.0 + k, volume=5, trade_count=1, vwap=10.0, oi=0, final=True)
+        ...     assert book.begin_bar(bar, 0, out) == APPLIED
+        ...     book.end_bar(0, out)
+        >>> [(c.timeframe, c.high, c.volume) for c in out][4:]
+        [('1m', 14.0, 5), ('5m', 14.0, 25), ('1m', 15.0, 5)]
+        """
+        base_tf = self.timeframes[0]
+        if c.timeframe != base_tf.name:
+            msg = f"{self.instrument}: a {c.timeframe} bar cannot feed a book whose finest timeframe is {base_tf.name}"
+            raise ValueError(msg)
+        ts = c.open_time
+        s_open, s_close = session_bounds(ts)
+        if not (s_open <= ts < s_close):
+            return OUTSIDE_SESSION
+        if ts < self._floor:
+            return DUPLICATE if ts == self._last_seq else LATE
+        self._last_seq = ts  # the open time of the newest bar, for duplicate detection
+        bar = self._roll(ts, s_open, s_close, now, out)
+        bar.open, bar.high, bar.low, bar.close = c.open, c.high, c.low, c.close
+        bar.first_ts, bar.last_ts = ts, c.ts_event - 1
+        bar.volume, bar.count, bar.oi = c.volume, c.trade_count, c.oi
+        bar.pv = c.vwap * c.volume
+        return APPLIED
+
+    def end_bar(self, now: int, out: list[Candle]) -> None:
+        """Close the base bar :meth:`begin_bar` started."""
+        bar = self._bars[0]
+        if bar is not None:
+            self._floor = max(self._floor, bar.end)
+            self._close(0, now, out)
+
     # ------------------------------------------------------------------ time
 
     def next_close_at(self) -> int | None:
