@@ -146,6 +146,40 @@ def _tails(client: KafkaClientConfig, topic: str, timeout: float) -> dict[int, t
     return out
 
 
+def read_all(client: KafkaClientConfig, topic: str, timeout: float = 30.0) -> list[tuple[int, bytes]]:
+    """Every ``(partition, value)`` of ``topic``, partition by partition in log order, read to
+    each partition's end-of-partition event (a bounded read of a finished run's output)."""
+    parts = existing_topics(client.admin(), timeout).get(topic)
+    if parts is None:
+        msg = f"topic {topic} does not exist"
+        raise KafkaUnavailable(msg)
+    c = Consumer(client.consumer(**{"fetch.wait.max.ms": 10}))
+    out: list[tuple[int, bytes]] = []
+    try:
+        for p in range(parts):
+            c.assign([TopicPartition(topic, p, 0)])
+            deadline = time.monotonic() + timeout
+            done = False
+            while not done:
+                if time.monotonic() > deadline:
+                    msg = f"no end of partition from {topic}[{p}] within {timeout}s"
+                    raise KafkaUnavailable(msg)
+                for m in c.consume(10_000, 0.5):
+                    err = m.error()
+                    if err is None:
+                        out.append((p, m.value() or b""))
+                        deadline = time.monotonic() + timeout
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        break
+                    else:
+                        msg = f"error reading {topic}[{p}]: {err}"
+                        raise KafkaUnavailable(msg)
+    finally:
+        c.close()
+    return out
+
+
 def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:
     """``(topic, partition) -> end offset`` (the offset the next record will get)."""
     return {(topic, p): end for p, (end, _) in _tails(client, topic, timeout).items()}

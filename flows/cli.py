@@ -490,6 +490,15 @@ class _Reporter:
         self.last, self.last_rows = now, rows
 
 
+def _register_backtests() -> None:
+    from flows.cli_backtest import backtest
+
+    app.command(help=backtest.__doc__)(backtest)
+
+
+_register_backtests()
+
+
 def main() -> None:
     app()
 
