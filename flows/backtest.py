@@ -201,9 +201,15 @@ def run_backtest(
     keep_topics: bool = False,
     progress: bool = False,
     db: Any = None,
+    source: str | None = None,
+    write: bool = True,
 ) -> BacktestResult:
     """Replay ``market`` through the live flow's builder and write the results to ``out_dir``
-    (and ``backtest_runs``/``backtest_trades`` when ``db`` is a connection)."""
+    (and ``backtest_runs``/``backtest_trades`` when ``db`` is a connection).
+
+    ``source``: a topic that already holds ``market`` (written by :func:`load_topic`), so runs
+    over the same input - an optimization - share it. ``write=False`` computes the results
+    without writing any file."""
     if not market.events:
         msg = f"no market data in {spec.data} for the chosen instruments and period"
         raise BacktestError(msg)
@@ -227,11 +233,12 @@ def run_backtest(
     create_topics(admin, catalog)
     try:
         t0 = time.perf_counter()
-        topic = catalog.name("md.ticks" if market.kind == "ticks" else "md.candles")
-        _produce(kafka, topic, market.events, progress)
+        topic = source or catalog.name("md.ticks" if market.kind == "ticks" else "md.candles")
+        if source is None:
+            _produce(kafka, topic, market.events, progress)
         timings["produce_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        flow = live.build(kafka, catalog, universe, pipeline, tail=False, trading=setup, batch_size=20_000)
+        flow = live.build(kafka, catalog, universe, pipeline, tail=False, trading=setup, batch_size=20_000, source=topic)
         _with_progress(lambda: run_main(flow), topic, len(market.events), progress, "replay")
         timings["replay_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -245,7 +252,7 @@ def run_backtest(
     finally:
         if not keep_topics:
             delete_topics(admin, [s.name for s in catalog.values()])
-    result = _results(spec, market, outputs, run_id, out_dir, timings)
+    result = _results(spec, market, outputs, run_id, out_dir if write else None, timings)
     timings["results_s"] = time.perf_counter() - t0
     if db is not None:
         from connectors.postgres.backtests import finish_run
@@ -283,6 +290,16 @@ def _pipeline(spec: BacktestSpec, market: MarketInput) -> PipelineConfig:
         strategies=StrategySetup(deployments=spec.deployments),
         bars=market.timeframe,
     )
+
+
+def load_topic(kafka: KafkaClientConfig, topic: str, market: MarketInput, *, partitions: int = 8) -> None:
+    """Create ``topic`` and write ``market`` into it (input shared by several runs)."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = kafka.admin()
+    for fut in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        fut.result(15)
+    _produce(kafka, topic, market.events, False)
 
 
 def _produce(kafka: KafkaClientConfig, topic: str, events: Sequence[Any], progress: bool) -> None:
@@ -366,7 +383,7 @@ def _outputs(kafka: KafkaClientConfig, catalog: TopicCatalog) -> _Outputs:
 
 
 def _results(
-    spec: BacktestSpec, market: MarketInput, outputs: _Outputs, run_id: str, out_dir: Path, timings: dict[str, float]
+    spec: BacktestSpec, market: MarketInput, outputs: _Outputs, run_id: str, out_dir: Path | None, timings: dict[str, float]
 ) -> BacktestResult:
     fill_codec, risk_codec, intent_codec = codec_for(Fill), codec_for(RiskEvent), codec_for(VenueRequest)
     fills = sorted((fill_codec.decode(v) for v in outputs.fills), key=lambda f: (f.ts_event, f.trade_id))
@@ -398,7 +415,7 @@ def _results(
             "skipped": market.report.skipped,
             "skipped_examples": market.report.errors,
             "instruments": len({e.instrument for e in market.events}),
-            "from": _iso(market.events[0].ts_event),
+            "from": _iso(market.events[0].open_time if candles else market.events[0].ts_event),
             "to": _iso(market.events[-1].ts_event),
         },
         "annualization": f"sqrt({periods}): {SESSIONS_PER_YEAR} sessions x {periods // SESSIONS_PER_YEAR} "
@@ -413,11 +430,12 @@ def _results(
         "total": _metrics_dict(total),
         "strategies": {sid: _metrics_dict(m) for sid, m in by_strategy.items()},
     }
-    _write(out_dir, summary, trades, curves, ids, outputs)
-    _report(out_dir, spec, summary, total, by_strategy, curves.total, trades, prices)
-    run = {"run_id": run_id, "timings": {k: round(v, 3) for k, v in timings.items()}}
-    (out_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    return BacktestResult(run_id, out_dir, summary, trades, total, by_strategy, timings)
+    if out_dir is not None:
+        _write(out_dir, summary, trades, curves, ids, outputs)
+        _report(out_dir, spec, summary, total, by_strategy, curves.total, trades, prices)
+        run = {"run_id": run_id, "timings": {k: round(v, 3) for k, v in timings.items()}}
+        (out_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    return BacktestResult(run_id, out_dir or Path(), summary, trades, total, by_strategy, timings)
 
 
 def _metrics_dict(m: Metrics) -> dict[str, Any]:

@@ -491,9 +491,10 @@ class _Reporter:
 
 
 def _register_backtests() -> None:
-    from flows.cli_backtest import backtest
+    from flows.cli_backtest import backtest, optimize
 
     app.command(help=backtest.__doc__)(backtest)
+    app.command(help=optimize.__doc__)(optimize)
 
 
 _register_backtests()

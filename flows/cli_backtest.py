@@ -47,19 +47,19 @@ def parse_when(text: str | None, *, end: bool = False) -> int | None:
     return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 
-def deployments_from(strategies: list[str], params: list[str], instruments: tuple[str, ...]) -> tuple[Any, ...]:
+def deployments_from(kinds: list[str], params: list[str], instruments: tuple[str, ...]) -> tuple[Any, ...]:
     """One deployment per ``--strategy``; ``--params`` either once for all or once per strategy.
     A strategy without ``instruments`` in its params trades every ``--instruments`` symbol."""
-    import strategies.builtin
+    import strategies.builtin  # noqa: F401  (registers the built-ins)
     from operators.strategy_host import Deployment
     from strategies.registry import REGISTRY, ParamsError, UnknownStrategy
 
-    if len(params) not in (0, 1, len(strategies)):
-        msg = f"give --params once (for every strategy) or once per --strategy ({len(strategies)}), not {len(params)}"
+    if len(params) not in (0, 1, len(kinds)):
+        msg = f"give --params once (for every strategy) or once per --strategy ({len(kinds)}), not {len(params)}"
         raise typer.BadParameter(msg)
     out = []
-    for k, kind in enumerate(strategies):
-        raw = params[k] if len(params) == len(strategies) else (params[0] if params else "{}")
+    for k, kind in enumerate(kinds):
+        raw = params[k] if len(params) == len(kinds) else (params[0] if params else "{}")
         try:
             config = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -75,7 +75,7 @@ def deployments_from(strategies: list[str], params: list[str], instruments: tupl
         except (ParamsError, UnknownStrategy) as exc:
             msg = f"{exc}; known strategies: {', '.join(sorted(REGISTRY))}" if isinstance(exc, UnknownStrategy) else str(exc)
             raise typer.BadParameter(msg) from None
-        sid = kind if strategies.count(kind) == 1 else f"{kind}_{k + 1}"
+        sid = kind if kinds.count(kind) == 1 else f"{kind}_{k + 1}"
         out.append(Deployment(sid, kind, p, account="backtest"))
     return tuple(out)
 
@@ -195,3 +195,112 @@ def print_summary(summary: dict[str, Any], out_dir: Path, run_id: str) -> None:
         f"strategy errors {counts['strategy_errors']}; {summary['annualization']}"
     )
     console.print(f"results in {out_dir}/ (summary.json, trades.csv, equity.csv, report.html, report.png)")
+
+
+def optimize(
+    strategy: Annotated[str, typer.Option(help="registered strategy name")],
+    space: Annotated[
+        str, typer.Option(help='search space JSON, e.g. \'{"fast": [3, 5], "slow": {"min": 10, "max": 30, "step": 5}}\'')
+    ],
+    data: Annotated[str, typer.Option(help="CSV/Parquet file of ticks or candles, or 'db'")],
+    params: Annotated[str, typer.Option(help="fixed params JSON (the space's params override them)")] = "{}",
+    metric: Annotated[str, typer.Option(help="rank by this metric of the total")] = "net_pnl",
+    search: Annotated[str, typer.Option(help="grid or random")] = "grid",
+    samples: Annotated[int, typer.Option(help="random search: number of points")] = 50,
+    seed: Annotated[int, typer.Option(help="random search: seed")] = 0,
+    processes: Annotated[int, typer.Option(help="worker processes (0: one per core)")] = 0,
+    walk_forward: Annotated[str | None, typer.Option(help="IN:OUT trading days, e.g. 3:1")] = None,
+    instruments: Annotated[str, typer.Option(help="comma-separated EXCHANGE:SYMBOL list (default: all)")] = "",
+    from_: Annotated[str | None, typer.Option("--from", help="first IST day or time (inclusive)")] = None,
+    to: Annotated[str | None, typer.Option(help="last IST day (inclusive) or time (exclusive)")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="candle input timeframe (files: default 1m)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: <home>/optimize/<id>)")] = None,
+    capital: Annotated[float, typer.Option(help="starting capital, rupees")] = 1_000_000.0,
+    risk: Annotated[str, typer.Option(help="RiskConfig overrides as JSON")] = "{}",
+) -> None:
+    """Grid or random search over a strategy's params (every point a full backtest, in parallel
+    processes), ranked by a metric; with --walk-forward, in-sample/out-of-sample windows."""
+    import uuid
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from connectors import embedded
+    from connectors.history import HistoryError
+    from connectors.kafka import KafkaClientConfig
+    from connectors.postgres import connect
+    from connectors.postgres.instruments import load_instruments
+    from flows.backtest import BacktestError, BacktestSpec, load_input, universe_for
+    from flows.cli import _endpoints, _settings
+    from flows.optimize import OptimizeError, evaluate_all, grid, parse_space, rank, sample, write_results
+    from flows.optimize import walk_forward as run_walk_forward
+
+    syms = tuple(x.strip() for x in instruments.split(",") if x.strip())
+    try:
+        dims = parse_space(space)
+        fixed = json.loads(params)
+        risk_overrides = json.loads(risk)
+        points = grid(dims) if search == "grid" else sample(dims, samples, seed)
+        if search not in ("grid", "random"):
+            raise OptimizeError(f"--search {search!r}: expected grid or random")  # noqa: EM102
+        rank([], metric)
+        wf = tuple(int(x) for x in walk_forward.split(":")) if walk_forward else None
+        if wf is not None and (len(wf) != 2 or min(wf) < 1):
+            raise OptimizeError("--walk-forward: expected IN:OUT whole days, e.g. 3:1")  # noqa: EM101
+    except (OptimizeError, json.JSONDecodeError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    (dep,) = deployments_from([strategy], [json.dumps({**fixed, **points[0]})], syms)
+    spec = BacktestSpec(deployments=(dep,), data=data, instruments=syms, start=parse_when(from_),
+                        end=parse_when(to, end=True) if to and len(to) == 10 else parse_when(to), timeframe=timeframe,
+                        capital=capital, risk=risk_overrides)  # fmt: skip
+    s = _settings()
+    if s.kafka_bootstrap is None:
+        embedded.start_broker(s.home_dir)
+    if s.database_url is None:
+        embedded.start_postgres(s.home_dir)
+    ep = _endpoints(s)
+    out_dir = out or s.home_dir / "optimize" / f"{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
+    kafka = KafkaClientConfig.from_settings(s, ep.bootstrap)
+    fixed_params = {**fixed, "instruments": list(syms)} if syms and "instruments" not in fixed else fixed
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    t0 = datetime.now(UTC)
+    try:
+        with connect(ep.database_url, autocommit=True) as conn:
+            market = load_input(spec, conn)
+            universe = universe_for({e.instrument for e in market.events}, load_instruments(conn))
+        console.print(f"{len(points)} points x {len(market.events):,} {market.kind}, {metric} ranks them")
+        with Progress(*cols) as bar:
+            task = bar.add_task("backtests", total=None)
+            if wf:
+                from flows.optimize import trading_days
+
+                n_days = len(trading_days(market))
+                bar.update(task, total=max(0, (n_days - wf[0] - wf[1]) // wf[1] + 1) * (len(points) + 1))
+                folds = run_walk_forward(spec, fixed_params, points, market, universe, kafka, metric, wf[0], wf[1],
+                                     processes=processes, on_done=lambda _p: bar.advance(task))  # fmt: skip
+                tried = [f.best for f in folds]
+            else:
+                bar.update(task, total=len(points))
+                folds = []
+                tried = evaluate_all(spec, fixed_params, points, market, universe, kafka, processes=processes,
+                                     on_done=lambda _p: bar.advance(task))  # fmt: skip
+    except (HistoryError, BacktestError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ranked = rank(tried, metric)
+    write_results(out_dir, ranked, metric, folds, title=f"{strategy}: {len(points)} points by {metric}")
+    table = Table(title=f"best by {metric}", show_edge=False)
+    names = sorted(dims)
+    shown = list(dict.fromkeys([metric, "net_pnl", "trades", "sharpe", "max_drawdown_pct"]))
+    for col in ["#", *names, *shown]:
+        table.add_column(col, justify="right")
+    for k, p in enumerate(ranked[:10], start=1):
+        m = p.metrics
+        cells = [_fmt(m.get(c), "pct" if c.endswith("_pct") else "") for c in shown]
+        table.add_row(str(k), *(str(p.params.get(n)) for n in names), *cells)
+    console.print(table)
+    for k, f in enumerate(folds, start=1):
+        console.print(f"fold {k}: in-sample {metric} {_fmt(f.best.metrics.get(metric))} -> "
+                      f"out-of-sample {_fmt(f.out.metrics.get(metric))} with {f.best.params}")  # fmt: skip
+    took = (datetime.now(UTC) - t0).total_seconds()
+    console.print(f"{took:.1f} s; results in {out_dir}/ (optimize.csv, optimize.html{', walkforward.csv' if folds else ''})")

@@ -97,19 +97,22 @@ def build(
     trading: TradingSetup | None = None,
     commands_start: Mapping[tuple[str, int], int] | None = None,
     batch_size: int = 5000,
+    source: str | None = None,
 ) -> Dataflow:
     """The live (or, with ``tail=False`` and no clock, replay) flow. md.ticks is read in
     event-time order across its partitions (:class:`OrderedSource`), so a backlog - a replay,
     the catch-up after a restart - is seen in market order.
 
     ``commands_start``: offsets of ctl.commands to start from (default: the beginning).
+    ``source``: read the market input from this topic instead of the catalog's.
     ``batch_size``: most ticks per source batch. A decision leaves the flow once its whole
     batch has been through the instrument steps, so live latency grows with it; replays want
     it large (throughput).
     """
     universe = list(universe)
     flow = Dataflow("live")
-    ticks_topic = catalog.name("md.ticks" if cfg.bars is None else "md.candles")  # a candle-only replay reads bars
+    # A candle-only replay reads bars; ``source`` names another topic with the input (shared by runs).
+    ticks_topic = source or catalog.name("md.ticks" if cfg.bars is None else "md.candles")
     ticks = op.input(
         "md", flow, OrderedSource(client, ticks_topic, _event_time, start=start, tail=tail, batch_size=batch_size)
     )

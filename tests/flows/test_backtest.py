@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -150,3 +153,33 @@ def test_unknown_derivatives_need_the_instrument_master() -> None:
     with pytest.raises(BacktestError, match="NFO:NIFTYFUT is not in the instrument master"):
         universe_for(["NSE:AAA", "NFO:NIFTYFUT"])
     assert [i.lot_size for i in universe_for(["NSE:AAA"])] == [1]
+
+
+def _cli(args: list[str], kafka: KafkaClientConfig, database_url: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TICKTAPE_KAFKA_BOOTSTRAP": kafka.bootstrap, "TICKTAPE_DATABASE_URL": database_url,
+           "TICKTAPE_HOME": str(home), "COLUMNS": "120"}  # fmt: skip
+    exe = Path(sys.executable).parent / "ticktape"
+    return subprocess.run([str(exe), "backtest", *args], check=False, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_the_cli_runs_a_backtest_and_reports_bad_input(kafka: KafkaClientConfig, database_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "bars.csv"
+    write_candles_csv(path, random_walk_candles(["NSE:AAA", "NSE:BBB"], DAY, 120, seed=5))
+    params = json.dumps({"fast": 3, "slow": 8, "timeframe": "1m", "qty": 5})
+    done = _cli(["--strategy", "ema_crossover", "--params", params, "--data", str(path), "--instruments", "NSE:AAA",
+                 "--from", "2026-11-23", "--to", "2026-11-23", "--out", str(tmp_path / "out")],
+                kafka, database_url, tmp_path / "home")  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "120 candles of 1 instruments" in done.stdout and "profit factor" in done.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["input"]["instruments"] == 1 and summary["spec"]["instruments"] == ["NSE:AAA"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT status FROM backtest_runs").fetchall() == [("COMPLETED",)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(path.read_text().replace(",NSE:BBB,", ",NSE:BBB,oops,", 1))
+    failed = _cli(["--strategy", "ema_crossover", "--data", str(bad), "--out", str(tmp_path / "o2")], kafka,
+                  database_url, tmp_path / "home")  # fmt: skip
+    assert failed.returncode == 2
+    assert f"{bad}:3: 8 fields, header has 7" in failed.stdout.replace("\n", "")
+    unknown = _cli(["--strategy", "nope", "--data", str(path)], kafka, database_url, tmp_path / "home")
+    assert unknown.returncode == 2 and "known strategies" in unknown.stdout + unknown.stderr
