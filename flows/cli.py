@@ -491,10 +491,11 @@ class _Reporter:
 
 
 def _register_backtests() -> None:
-    from flows.cli_backtest import backtest, optimize
+    from flows.cli_backtest import backtest, optimize, replay
 
     app.command(help=backtest.__doc__)(backtest)
     app.command(help=optimize.__doc__)(optimize)
+    app.command(help=replay.__doc__)(replay)
 
 
 _register_backtests()

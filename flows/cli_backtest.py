@@ -304,3 +304,57 @@ def optimize(
                       f"out-of-sample {_fmt(f.out.metrics.get(metric))} with {f.best.params}")  # fmt: skip
     took = (datetime.now(UTC) - t0).total_seconds()
     console.print(f"{took:.1f} s; results in {out_dir}/ (optimize.csv, optimize.html{', walkforward.csv' if folds else ''})")
+
+
+def replay(
+    from_recorded: Annotated[bool, typer.Option("--from-recorded", help="replay the recorded live session's ticks")] = False,
+    session: Annotated[int | None, typer.Option(help="live_sessions id (default: the newest)")] = None,
+    show: Annotated[int, typer.Option(help="differences to print per kind")] = 20,
+) -> None:
+    """Replay what a paper session recorded (its md.ticks) through the same flow and diff the
+    intents and fills against what the session did; exit 1 when they differ."""
+    import strategies.builtin  # noqa: F401  (registers the built-ins)
+    from connectors.kafka import KafkaClientConfig
+    from connectors.postgres import connect
+    from connectors.postgres.instruments import load_instruments
+    from connectors.postgres.strategies import DeploymentError, load_session
+    from flows.cli import _catalog, _endpoints, _settings
+    from flows.live import warm_candles
+    from flows.parity import replay_session
+    from strategies.registry import REGISTRY
+
+    if not from_recorded:
+        console.print("[red]say what to replay: --from-recorded[/red]")
+        raise typer.Exit(2)
+    s = _settings()
+    ep = _endpoints(s)
+    try:
+        with connect(ep.database_url, autocommit=True) as conn:
+            sess = load_session(conn, REGISTRY, session)
+            universe = load_instruments(conn)
+            tfs = sorted({d.params.timeframe for d in sess["deployments"]})
+            warm = warm_candles(conn, tfs, sess["warmup_days"], sess["started_at"])
+    except DeploymentError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    catalog = _catalog(s)
+    if sess["topic_prefix"] != s.topic_prefix:
+        console.print(f"[yellow]session {sess['id']} ran under topic prefix {sess['topic_prefix']!r}[/yellow]")
+        from schemas.topics import load_catalog
+
+        catalog = load_catalog().scoped(sess["topic_prefix"]) if sess["topic_prefix"] else load_catalog()
+    console.print(f"replaying session {sess['id']} (started {sess['started_at']:%Y-%m-%d %H:%M:%S %Z}) "
+                  f"from {catalog.name('md.ticks')} ...")  # fmt: skip
+    if sess["recovery"]:
+        console.print("[dim]the session ran under Bytewax recovery: a restart mid-session is not replayed as such[/dim]")
+    d = replay_session(KafkaClientConfig.from_settings(s, ep.bootstrap), catalog, sess, universe, warm)
+    counts = ", ".join(f"{n} {k}s" for k, n in sorted(d.compared.items())) or "nothing"
+    console.print(f"compared {counts}; {d.beyond_horizon} replay events after the recording's horizon not judged")
+    for label, items in (("missing from the replay", d.missing), ("only in the replay", d.extra), ("changed", d.changed)):
+        if items:
+            console.print(f"[red]{len(items)} {label}[/red]")
+            for line in items[:show]:
+                console.print(f"  {line}", soft_wrap=True)
+    if not d.empty:
+        raise typer.Exit(1)
+    console.print("[green]parity: the replay traded exactly what the session traded[/green]")

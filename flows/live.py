@@ -139,15 +139,17 @@ def build(
     return flow
 
 
-def warm_candles(conn: Any, timeframes: Sequence[str], days: int) -> dict[str, list[Candle]]:
-    """Closed candles of the last ``days`` days per instrument, oldest first (strategy warm-up)."""
+def warm_candles(conn: Any, timeframes: Sequence[str], days: int, until: Any = None) -> dict[str, list[Candle]]:
+    """Closed candles of the ``days`` days before ``until`` (default now) per instrument,
+    oldest first (strategy warm-up)."""
     rows = conn.execute(
         """SELECT i.symbol, c.timeframe, c.time, c.open_price, c.high_price, c.low_price, c.close_price, c.volume,
                   c.trade_count, c.vwap, c.oi
            FROM ohlc_candles c JOIN instruments i ON i.id = c.instrument_id
-           WHERE c.timeframe = ANY(%s) AND c.time >= NOW() - make_interval(days => %s)
+           WHERE c.timeframe = ANY(%s) AND c.time >= coalesce(%s, NOW()) - make_interval(days => %s)
+             AND c.time < coalesce(%s, NOW())
            ORDER BY i.symbol, c.time, c.timeframe""",
-        (list(timeframes), days),
+        (list(timeframes), until, days, until),
     ).fetchall()
     out: dict[str, list[Candle]] = {}
     for sym, tf, t, o, h, lo, c, v, n, vwap, oi in rows:
@@ -187,7 +189,10 @@ def _flow_from_env() -> Dataflow:
 
     ctx = flow_context("live")
     s = ctx.settings
-    clock = MarketClock(timedelta(milliseconds=s.candle_grace_ms))
+    # The grace is the feed's skew tolerance in wall time; an accelerated simulator covers that
+    # much wall time in ``sim_speed`` times more market time, so its grace scales with it (a
+    # 30x demo would otherwise close a bar before a partition 20 ms behind delivers its ticks).
+    clock = MarketClock(timedelta(milliseconds=s.candle_grace_ms * max(1.0, s.sim_speed)))
     with connect(ctx.endpoints.database_url, autocommit=True) as conn:
         universe = load_instruments(conn)
         deployments = load_deployments(conn, REGISTRY) if s.trading else ()
@@ -214,6 +219,12 @@ def _flow_from_env() -> Dataflow:
     # Under Bytewax recovery (``ticktape up`` sets it) snapshots must be copies, not the live state.
     recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
     cfg = PipelineConfig(analytics=analytics_config(s), clock=clock, strategies=strat, recovery=recovery)
+    if strat is not None and trading is not None:
+        from connectors.postgres.strategies import record_session
+
+        with connect(ctx.endpoints.database_url, autocommit=True) as conn:
+            sid = record_session(conn, s.topic_prefix, strat, trading, cfg.analytics, s.strategy_warmup_days, recovery)
+        log.info("live session %d: trades candles closing from %d ns on", sid, strat.trade_from)
     log.info("analytics for %d instruments, timeframes %s", len(universe), ",".join(cfg.analytics.timeframes))
     return build(
         ctx.kafka, ctx.catalog, universe, cfg, trading=trading, commands_start=commands_start, batch_size=s.live_batch_size

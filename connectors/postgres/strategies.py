@@ -67,3 +67,59 @@ def demo_deployments(symbols: Sequence[str]) -> list[tuple[str, str, dict[str, A
 def halted_accounts(conn: psycopg.Connection) -> frozenset[str]:
     rows = conn.execute("SELECT account FROM trading_state WHERE state = 'HALTED'").fetchall()
     return frozenset(r[0] for r in rows)
+
+
+def record_session(
+    conn: psycopg.Connection,
+    topic_prefix: str,
+    strat: Any,
+    trading: Any,
+    analytics: Any,
+    warmup_days: int,
+    recovery: bool,
+) -> int:
+    """Write a ``live_sessions`` row for a start of flows.live; returns its id."""
+    from schemas.codec import to_builtins
+
+    deployments = [
+        {"id": d.strategy_id, "kind": d.kind, "params": to_builtins(d.params), "account": d.account, "enabled": d.enabled}
+        for d in strat.deployments
+    ]
+    row = conn.execute(
+        """INSERT INTO live_sessions (topic_prefix, trade_from, deployments, accounts, halted, timeframes, indicators,
+                                      warmup_days, recovery)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        (
+            topic_prefix,
+            strat.trade_from,
+            Jsonb(deployments),
+            list(trading.accounts),
+            sorted(trading.halted),
+            list(analytics.timeframes),
+            list(analytics.indicators),
+            warmup_days,
+            recovery,
+        ),
+    ).fetchone()
+    return int(row[0])
+
+
+def load_session(conn: psycopg.Connection, registry: StrategyRegistry, session_id: int | None = None) -> dict[str, Any]:
+    """A ``live_sessions`` row (the newest when ``session_id`` is None) with its deployments rebuilt."""
+    row = conn.execute(
+        """SELECT id, started_at, topic_prefix, trade_from, deployments, accounts, halted, timeframes, indicators,
+                  warmup_days, recovery FROM live_sessions WHERE %(id)s::int IS NULL OR id = %(id)s
+           ORDER BY id DESC LIMIT 1""",
+        {"id": session_id},
+    ).fetchone()
+    if row is None:
+        msg = "no recorded live session" + (f" with id {session_id}" if session_id is not None else "")
+        raise DeploymentError(msg)
+    keys = ("id", "started_at", "topic_prefix", "trade_from", "deployments", "accounts", "halted", "timeframes",
+            "indicators", "warmup_days", "recovery")  # fmt: skip
+    out = dict(zip(keys, row, strict=True))
+    out["deployments"] = tuple(
+        Deployment(d["id"], d["kind"], registry.params(d["kind"], d["params"]), d["account"], d["enabled"])
+        for d in out["deployments"]
+    )
+    return out
