@@ -32,6 +32,7 @@ from tests.bench.harness import measure
 from tests.bench.test_bench_trading import deployments
 from tests.stubs import random_walk_candles, sim_ticks
 
+pytestmark = pytest.mark.timeout(3600)
 DAY = date(2026, 11, 16)
 RISK = {"daily_loss_limit": None, "daily_loss_halt": None, "strategy_loss_limit": None, "require_stop_loss": False,
         "max_open_positions": 1000, "max_portfolio_exposure": 1e12, "max_strategy_exposure": 1e12}  # fmt: skip
