@@ -9,7 +9,9 @@ when all are healthy and 503 otherwise (with the same typed body).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import psycopg
@@ -18,6 +20,9 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from api import errors
+from api.deps import AppState
+from api.routes import market, risk, strategies
 from connectors.settings import Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
 
@@ -100,10 +105,48 @@ def _flow_health(fs: FlowStatus) -> FlowHealth:
     )
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """One PostgreSQL pool and one command publisher for the app's lifetime."""
+    from psycopg_pool import ConnectionPool
+
+    from connectors.commands import CommandPublisher
+    from connectors.kafka import KafkaClientConfig
+    from schemas.topics import load_catalog
+
+    st: AppState = app.state.ticktape
+    bootstrap, dsn = _endpoints(st.settings)
+    if dsn is not None and st.pool is None:  # (a test may hand in its own)
+        kwargs = {"autocommit": True, "options": "-c TimeZone=UTC", "connect_timeout": 3}
+        st.pool = ConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=5, kwargs=kwargs)
+        st.pool.open(wait=False)
+    if bootstrap is not None and st.commands is None:
+        catalog = load_catalog()
+        if st.settings.topic_prefix:
+            catalog = catalog.scoped(st.settings.topic_prefix)
+        st.commands = CommandPublisher(KafkaClientConfig.from_settings(st.settings, bootstrap), catalog)
+    try:
+        yield
+    finally:
+        if st.commands is not None:
+            st.commands.close()
+        if st.pool is not None:
+            st.pool.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
-    app = FastAPI(title="ticktape", version="0.1.0", description="Status and control API of the ticktape trading engine.")
+    app = FastAPI(
+        title="ticktape",
+        version="0.1.0",
+        description="Status and control API of the ticktape trading engine. Errors are application/problem+json.",
+        lifespan=_lifespan,
+    )
+    app.state.ticktape = AppState(settings=settings, pool=None, commands=None)
+    errors.install(app)
+    for router in (market.router, strategies.router, risk.router):
+        app.include_router(router)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:

@@ -201,31 +201,23 @@ def services_status() -> None:
 
 def _publish(s: Settings, cmd: object) -> None:
     """Write one command to ctl.commands and wait until the broker has it."""
-    from confluent_kafka import Producer
-
-    from connectors.kafka import KafkaClientConfig
-    from schemas.codec import encode
+    from connectors.commands import CommandPublisher
+    from connectors.kafka import KafkaClientConfig, KafkaUnavailable
 
     ep = _endpoints(s)
-    producer = Producer(KafkaClientConfig.from_settings(s, ep.bootstrap).producer())
-    producer.produce(_catalog(s).name("ctl.commands"), encode(cmd), getattr(cmd, "account", "").encode())
-    if producer.flush(15):
-        console.print("[red]the command was not delivered to the broker[/red]")
-        raise typer.Exit(1)
+    try:
+        CommandPublisher(KafkaClientConfig.from_settings(s, ep.bootstrap), _catalog(s), timeout_s=15).publish(cmd)
+    except KafkaUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 def _command_fields(account: str) -> dict[str, object]:
     import getpass
-    import uuid
 
-    now = time.time_ns()
-    return {
-        "command_id": uuid.uuid4().hex[:20],
-        "account": account,
-        "issued_by": f"cli:{getpass.getuser()}",
-        "ts_event": now,
-        "ts_init": now,
-    }
+    from connectors.commands import command_fields
+
+    return command_fields(account, f"cli:{getpass.getuser()}")
 
 
 @app.command()
