@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from api import errors
 from api.deps import AppState
-from api.routes import market, risk, strategies
+from api.routes import backtests, market, risk, strategies
 from connectors.settings import Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
 
@@ -116,6 +116,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     st: AppState = app.state.ticktape
     bootstrap, dsn = _endpoints(st.settings)
+    st.bootstrap, st.dsn = bootstrap, dsn
     if dsn is not None and st.pool is None:  # (a test may hand in its own)
         kwargs = {"autocommit": True, "options": "-c TimeZone=UTC", "connect_timeout": 3}
         st.pool = ConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=5, kwargs=kwargs)
@@ -145,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ticktape = AppState(settings=settings, pool=None, commands=None)
     errors.install(app)
-    for router in (market.router, strategies.router, risk.router):
+    for router in (market.router, strategies.router, risk.router, backtests.router):
         app.include_router(router)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})

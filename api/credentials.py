@@ -9,8 +9,8 @@ Rules:
 - The data key is stored *wrapped* (AES-256-GCM again) by the current master key, with the
   master key id as AAD, and the id is stored next to it: old rows keep naming their key.
 - Master keys come only from the environment, ``TICKTAPE_MASTER_KEYS="k2:<b64>,k1:<b64>"``
-  (first = current). To rotate: put a new key first, run :func:`rotate_master_key`, which rewraps every data key
-  (broker credentials and TOTP secrets) without touching any
+  (first = current). To rotate: put a new key first, run :func:`rotate_master_key`, which
+  rewraps every data key (broker credentials and TOTP secrets) without touching any
   ciphertext, then drop the old key from the variable.
 - Nothing here logs, and no ``repr`` shows key material or plaintext.
 

@@ -26,6 +26,8 @@ class AppState:
     pool: ConnectionPool | None
     commands: CommandPublisher | None
     security: Any = None  # api.security.SecurityConfig once auth is configured
+    bootstrap: str | None = None  # the broker and database in use (external or embedded)
+    dsn: str | None = None
 
 
 def state(request: Request) -> AppState:

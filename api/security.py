@@ -318,7 +318,7 @@ def setup_totp(
             raise AuthError(code="totp_already_enabled")
         blob = box.encrypt(secret.encode(), _totp_aad(user_id)).to_bytes()
         conn.execute("UPDATE users SET totp_secret_enc = %s, last_totp_step = NULL WHERE id = %s", (blob, user_id))
-    return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_INTERVAL).provisioning_uri(username, issuer_name=issuer)
+    return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_INTERVAL).provisioning_uri(name=username, issuer_name=issuer)
 
 
 def enable_totp(
@@ -359,7 +359,7 @@ def authenticate(
         ).fetchone()
         if row is None:
             verify_password(_dummy_hash(), password)  # the same cost as a real user
-            attempt.actor = username if USERNAME.fullmatch(username) else "?"  # not free text: a pasted password
+            # The attempt stays anonymous ("?"): an unknown "username" is often a password typed in the wrong field.
             raise AuthError(code="bad_credentials")
         user_id, pw_hash, totp_enabled, blob, last, failures, locked_until = row
         attempt.actor = attempt.target = username

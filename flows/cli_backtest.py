@@ -93,6 +93,10 @@ def backtest(
     risk: Annotated[str, typer.Option(help="RiskConfig overrides as JSON, e.g. '{\"daily_loss_limit\": null}'")] = "{}",
     skip_bad: Annotated[bool, typer.Option(help="skip (and count) bad input rows instead of stopping")] = False,
     keep_topics: Annotated[bool, typer.Option(help="keep the run's bt.<run>.* topics")] = False,
+    run_id: Annotated[
+        str | None,
+        typer.Option(help="the run's id (default: time + random); the API assigns its own", rich_help_panel="Advanced"),
+    ] = None,
 ) -> None:
     """Replay ticks or candles through the live flow (strategies, risk gate, stops, simulated
     venue) and write summary.json, trades.csv, equity.csv and report.html/png."""
@@ -129,19 +133,22 @@ def backtest(
     if s.database_url is None:
         embedded.start_postgres(s.home_dir)
     ep = _endpoints(s)
-    run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
+    run_id = run_id or f"{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     out_dir = out or s.home_dir / "backtests" / run_id
-    try:
-        with connect(ep.database_url, autocommit=True) as conn:
-            migrate(conn)
+    with connect(ep.database_url, autocommit=True) as conn:
+        migrate(conn)
+        try:
             console.print(f"reading {data} ...")
             market = load_input(spec, conn)
             universe = universe_for({e.instrument for e in market.events}, load_instruments(conn))
             result = run_backtest(spec, market, universe, KafkaClientConfig.from_settings(s, ep.bootstrap), out_dir,
                                   run_id=run_id, keep_topics=keep_topics, progress=True, db=conn)  # fmt: skip
-    except (HistoryError, BacktestError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        except (HistoryError, BacktestError, ValueError) as exc:
+            from connectors.postgres.backtests import fail_run
+
+            fail_run(conn, run_id, str(exc))  # a run the API queued says why it failed
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
     print_summary(result.summary, result.out_dir, run_id)
 
 
