@@ -83,8 +83,9 @@ class BacktestResults(BaseModel):
 
 
 def _argv(req: BacktestRequest, data: str, run_id: str, out: Path) -> list[str]:
-    argv = [sys.executable, "-m", "flows.cli", "backtest", "--strategy", str(req.strategy),
-            "--params", json.dumps(req.params), "--data", data, "--capital", str(req.capital), "--run-id", run_id, "--out", str(out)]  # fmt: skip
+    argv = [sys.executable, "-m", "flows.cli", "backtest", "--strategy", str(req.strategy)]
+    argv += ["--params", json.dumps(req.params), "--data", data, "--capital", str(req.capital)]
+    argv += ["--run-id", run_id, "--out", str(out)]
     if req.instruments:
         argv += ["--instruments", ",".join(req.instruments)]
     if req.start:
