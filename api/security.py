@@ -17,7 +17,8 @@ Rules:
   Presenting a used token again means it leaked: the whole family is revoked
   (``refresh_reused``), so the thief's and the owner's newest tokens both stop working.
 - Every login, refresh, logout and TOTP action appends an ``audit_log`` row with the outcome
-  code; never a password, token or code (``audit`` refuses detail keys that look secret).
+  code; never a password, token or code (``audit`` refuses detail keys that look secret),
+  nor an unknown username (often a password typed into the wrong field): that actor is "?".
 - Functions that refuse a request *after* recording state (failure counters, revoked
   families, audit rows) commit that state in their own transaction and then raise, so they
   need a connection with no transaction open. ``now`` defaults to the clock only here, at
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from types import TracebackType
-from typing import Literal, NamedTuple, cast
+from typing import Literal, NamedTuple
 
 import jwt
 import psycopg
@@ -207,15 +208,9 @@ def create_user(conn: psycopg.Connection, username: str, password: str) -> User:
 
 
 def audit(
-    conn: psycopg.Connection,
-    actor: str,
-    action: str,
-    target: str | None,
-    success: bool,
-    client_ip: str | None,
-    details: Mapping[str, str | int | bool | None] | None = None,
-    at: datetime | None = None,
-) -> None:
+    conn: psycopg.Connection, actor: str, action: str, target: str | None, success: bool, client_ip: str | None,
+    details: Mapping[str, str | int | bool | None] | None = None, at: datetime | None = None,
+) -> None:  # fmt: skip
     """Append one audit_log row (the table refuses UPDATE/DELETE).
 
     Detail keys that name a secret (password, token, otp, ...) are refused: pass outcomes
@@ -246,7 +241,8 @@ class _Attempt:
             msg = "call with no transaction open: a refusal commits its audit row and counters, then raises"
             raise RuntimeError(msg)
         self.conn, self.action, self.now, self.client_ip = conn, action, now, client_ip
-        self.actor, self.target = "?", cast("str | None", None)
+        self.actor: str = "?"
+        self.target: str | None = None
         self.details: Details = {}
         self._tx = conn.transaction()
 
