@@ -16,13 +16,15 @@ from typing import Literal
 
 import psycopg
 from confluent_kafka.admin import AdminClient
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Response, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from api import errors
 from api.deps import AppState
 from api.routes import backtests, market, risk, strategies
+from api.ws import Hub
 from connectors.settings import Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
 
@@ -121,14 +123,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         kwargs = {"autocommit": True, "options": "-c TimeZone=UTC", "connect_timeout": 3}
         st.pool = ConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=5, kwargs=kwargs)
         st.pool.open(wait=False)
-    if bootstrap is not None and st.commands is None:
+    hub: Hub = app.state.hub
+    if bootstrap is not None:
         catalog = load_catalog()
         if st.settings.topic_prefix:
             catalog = catalog.scoped(st.settings.topic_prefix)
-        st.commands = CommandPublisher(KafkaClientConfig.from_settings(st.settings, bootstrap), catalog)
+        kafka = KafkaClientConfig.from_settings(st.settings, bootstrap)
+        if st.commands is None:
+            st.commands = CommandPublisher(kafka, catalog)
+        hub.start(kafka, catalog)
     try:
         yield
     finally:
+        hub.stop()
         if st.commands is not None:
             st.commands.close()
         if st.pool is not None:
@@ -145,7 +152,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.ticktape = AppState(settings=settings, pool=None, commands=None)
+    app.state.hub = Hub(queue_size=settings.ws_queue_size, max_instruments=settings.ws_max_instruments)
+    origins = [o.strip() for o in settings.api_allowed_origins.split(",") if o.strip()]
+    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     errors.install(app)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        """Live events (see api.ws). Browsers must come from an allowed origin."""
+        origin = websocket.headers.get("origin")
+        if origin is not None and origin not in origins:
+            await websocket.close(code=1008, reason="origin not allowed")
+            return
+        await websocket.accept()
+        await app.state.hub.serve(websocket)
+
     for router in (market.router, strategies.router, risk.router, backtests.router):
         app.include_router(router)
 
