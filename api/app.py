@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Literal
 
 import psycopg
 from confluent_kafka.admin import AdminClient
-from fastapi import FastAPI, Response, WebSocket
+from fastapi import Depends, FastAPI, Response, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from api import errors
+from api import auth, errors, security
 from api.deps import AppState
 from api.routes import backtests, market, risk, strategies
 from api.ws import Hub
@@ -131,19 +132,34 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         kafka = KafkaClientConfig.from_settings(st.settings, bootstrap)
         if st.commands is None:
             st.commands = CommandPublisher(kafka, catalog)
-        hub.start(kafka, catalog)
+        hub.configure(kafka, catalog)  # its consumer starts with the first WebSocket client
     try:
         yield
     finally:
+        # Kafka clients are destroyed here, not whenever the app is collected: a client left
+        # alive refreshes metadata of topics that may be gone by then.
         hub.stop()
         if st.commands is not None:
             st.commands.close()
+            st.commands = None
         if st.pool is not None:
             st.pool.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _audit_ws(st: AppState, websocket: WebSocket, reason: str) -> None:
+    """A refused WebSocket connection goes into the audit log (best effort: never blocks the refusal)."""
+    if st.pool is None:
+        return
+    client = websocket.client.host if websocket.client else None
+    with contextlib.suppress(Exception), st.pool.connection(timeout=2) as conn:
+        security.audit(conn, "?", "ws_connect", "/ws", False, client, {"reason": reason})
+
+
+def create_app(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> FastAPI:
+    """The app; secrets are read from ``environ`` (default: the process environment) now, so a
+    missing or default secret stops start-up naming its variable."""
     settings = settings or load_settings()
+    sec, box = auth.load_secrets(os.environ if environ is None else environ, settings.home_dir, settings.env)
 
     app = FastAPI(
         title="ticktape",
@@ -151,25 +167,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Status and control API of the ticktape trading engine. Errors are application/problem+json.",
         lifespan=_lifespan,
     )
-    app.state.ticktape = AppState(settings=settings, pool=None, commands=None)
+    app.state.ticktape = AppState(settings=settings, pool=None, commands=None, security=sec, box=box)
     app.state.hub = Hub(queue_size=settings.ws_queue_size, max_instruments=settings.ws_max_instruments)
     origins = [o.strip() for o in settings.api_allowed_origins.split(",") if o.strip()]
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
                        allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     errors.install(app)
+    auth.install(app, auth.RateLimiter(settings.api_login_rate_limit_per_min, settings.api_rate_limit_per_min))
+    app.include_router(auth.router)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
         """Live events (see api.ws). Browsers must come from an allowed origin."""
         origin = websocket.headers.get("origin")
+        refused = None
         if origin is not None and origin not in origins:
-            await websocket.close(code=1008, reason="origin not allowed")
+            refused = f"origin {origin[:100]} not allowed"
+        else:
+            try:
+                claims = security.verify_access_token(websocket.query_params.get("token", ""), sec)
+            except security.AuthError as exc:
+                refused = f"token: {exc.code}"
+        if refused is not None:
+            await asyncio.to_thread(_audit_ws, app.state.ticktape, websocket, refused)
+            await websocket.close(code=1008, reason=refused)
             return
+        websocket.state.user_id = claims.user_id
         await websocket.accept()
+        app.state.hub.ensure_started()
         await app.state.hub.serve(websocket)
 
     for router in (market.router, strategies.router, risk.router, backtests.router):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(auth.current_user)])
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:

@@ -25,7 +25,8 @@ class AppState:
     settings: Settings
     pool: ConnectionPool | None
     commands: CommandPublisher | None
-    security: Any = None  # api.security.SecurityConfig once auth is configured
+    security: Any = None  # api.security.SecurityConfig (JWT secret, token lifetimes, lockout)
+    box: Any = None  # api.credentials.SecretBox (master keys: TOTP secrets, broker credentials)
     bootstrap: str | None = None  # the broker and database in use (external or embedded)
     dsn: str | None = None
 

@@ -14,11 +14,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("ticktape.api")
 PROBLEM = "application/problem+json"
+
+
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: request strings say so in the schema
+
+
+class RequestBody(BaseModel):
+    """Base of request bodies: unknown fields are refused, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class FieldError(BaseModel):

@@ -11,8 +11,8 @@ Protocol (JSON text frames; every frame has a ``type``)::
 
 ``data`` is the event exactly as its topic carries it (the ``schemas`` structs, JSON), so the
 hub never re-encodes an event: one envelope is built per event and shared by every client.
-Trading events go to every client. One consumer thread reads the topics from their end and
-hands events to the event loop; each client has a bounded queue, and a client whose queue is
+Trading events go to every client. One consumer thread - started with the first client - reads
+the topics from their end and hands events to the event loop; each client has a bounded queue, and a client whose queue is
 full - it does not read - is disconnected (close code 1013) instead of slowing anyone else.
 A client may subscribe to at most ``max_instruments`` instruments per channel.
 """
@@ -59,6 +59,7 @@ class Hub:
         self.queue_size, self.max_instruments = queue_size, max_instruments
         self.clients: set[Client] = set()
         self._by_topic: dict[str, bytes] = {}
+        self._client: KafkaClientConfig | None = None
         self._stop = threading.Event()
         self.ready = threading.Event()  # reading the topics (events from here on reach the clients)
         self._thread: threading.Thread | None = None
@@ -68,28 +69,38 @@ class Hub:
 
     # ------------------------------------------------------------------ consumer
 
-    def start(self, client: KafkaClientConfig, catalog: TopicCatalog) -> None:
-        """Start reading every fan-out topic from its current end (events from now on)."""
+    def configure(self, client: KafkaClientConfig, catalog: TopicCatalog) -> None:
+        """Where to read from; nothing is read until :meth:`ensure_started` (the first client)."""
+        self._client = client
+        self._by_topic = {catalog.name(t): kind for t, kind in [*CHANNELS.values(), *BROADCAST.items()]}
+
+    def ensure_started(self) -> None:
+        """Start reading every fan-out topic from its current end (events from now on), once."""
+        if self._thread is not None or self._client is None:
+            return
         self._loop = asyncio.get_running_loop()
-        topics = {catalog.name(t): kind for t, kind in [*CHANNELS.values(), *BROADCAST.items()]}
-        self._by_topic = topics
         self._pump_task = asyncio.create_task(self._pump())
-        self._thread = threading.Thread(target=self._consume, args=(client, topics), name="ws-hub", daemon=True)
+        self._thread = threading.Thread(target=self._consume, args=(self._client, self._by_topic), name="ws-hub",
+                                        daemon=True)  # fmt: skip
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop and wait for the consumer thread: its Kafka clients are closed when this returns."""
         self._stop.set()
         if self._pump_task is not None:
             self._pump_task.cancel()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join()
 
     def _consume(self, client: KafkaClientConfig, topics: dict[str, bytes]) -> None:
-        try:
-            starts = {k: v for t in topics for k, v in end_offsets(client, t).items()}
-        except Exception:
-            log.exception("the WebSocket hub cannot read the topics' ends; no live events")
-            return
+        starts: dict[tuple[str, int], int] = {}
+        for t in topics:
+            if self._stop.is_set():
+                return
+            try:
+                starts.update(end_offsets(client, t, timeout=5.0))
+            except Exception:
+                log.exception("the WebSocket hub cannot read the end of %s; no live events from it", t)
         c = Consumer(client.consumer(**{"fetch.wait.max.ms": 20}))
         c.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
         self.ready.set()

@@ -28,11 +28,14 @@ class CommandPublisher:
     """Publishes commands and waits for the broker's acknowledgement (one producer, reused)."""
 
     def __init__(self, client: KafkaClientConfig, catalog: TopicCatalog, timeout_s: float = 10.0) -> None:
-        self._producer = Producer(client.producer(**{"linger.ms": 0}))
+        self._producer: Producer | None = Producer(client.producer(**{"linger.ms": 0}))
         self._topic = catalog.name("ctl.commands")
         self._timeout = timeout_s
 
     def publish(self, cmd: Any) -> None:
+        if self._producer is None:
+            msg = "the command publisher is closed"
+            raise KafkaUnavailable(msg)
         errors: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
@@ -45,4 +48,8 @@ class CommandPublisher:
             raise KafkaUnavailable(msg)
 
     def close(self) -> None:
-        self._producer.flush(self._timeout)
+        """Flush and destroy the producer (its threads stop before this returns)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush(self._timeout)
+            del producer

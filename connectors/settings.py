@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     # Browser origins allowed to call the API (CORS) and open /ws; comma-separated.
     api_allowed_origins: str = "http://127.0.0.1:8000,http://localhost:8000"
+    api_rate_limit_per_min: Annotated[int, Field(ge=1, le=10_000_000)] = 600  # requests per client address
+    api_login_rate_limit_per_min: Annotated[int, Field(ge=1, le=10_000)] = 10  # login attempts per client address
     ws_queue_size: Annotated[int, Field(ge=10, le=100_000)] = 1000  # frames buffered per client before it is dropped
     ws_max_instruments: Annotated[int, Field(ge=1, le=5000)] = 500  # per client and channel
     metrics_port_base: Annotated[int, Field(ge=1024, le=65000)] = 9300  # flows get base, base+1, ...

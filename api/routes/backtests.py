@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi import Path as PathParam
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
+from api.auth import Caller, audit_action
 from api.deps import AppState, Conn, Paged, state
-from api.errors import PROBLEM_RESPONSES, ApiError
+from api.errors import PROBLEM_RESPONSES, ApiError, RequestBody
 
 router = APIRouter(tags=["backtests"], responses=PROBLEM_RESPONSES)
 RunId = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
@@ -40,11 +41,13 @@ from strategies.registry import REGISTRY  # noqa: E402
 StrategyName = enum.StrEnum("StrategyName", {name: name for name in sorted(REGISTRY)})  # type: ignore[misc]
 
 
-class BacktestRequest(BaseModel):
+class BacktestRequest(RequestBody):
     strategy: StrategyName = Field(description="registered strategy name")  # type: ignore[valid-type]
     params: dict[str, Any] = Field(default_factory=dict, max_length=64)
     data: str = Field(pattern=r"^(db|[A-Za-z0-9_.-]{1,120})$", description="'db' or a file name under $TICKTAPE_HOME/data")
-    instruments: list[str] = Field(default_factory=list, max_length=500)
+    instruments: list[Annotated[str, Field(pattern=r"^[A-Z0-9_]{1,12}:[A-Za-z0-9&_.\- ]{1,50}$")]] = Field(
+        default_factory=list, max_length=500
+    )
     start: datetime | None = Field(None, alias="from")
     end: datetime | None = Field(None, alias="to")
     timeframe: Literal["1s", "5s", "1m", "5m", "15m", "1h", "1d"] | None = None
@@ -98,7 +101,13 @@ def _argv(req: BacktestRequest, data: str, run_id: str, out: Path) -> list[str]:
 
 
 @router.post("/api/backtest", response_model=BacktestRun, status_code=202)
-def start(conn: Conn, st: Annotated[AppState, Depends(state)], req: Annotated[BacktestRequest, Body()]) -> BacktestRun:
+def start(
+    conn: Conn,
+    st: Annotated[AppState, Depends(state)],
+    user: Caller,
+    request: Request,
+    req: Annotated[BacktestRequest, Body()],
+) -> BacktestRun:
     from strategies.registry import ParamsError, UnknownStrategy
 
     params = dict(req.params)
@@ -151,6 +160,7 @@ def start(conn: Conn, st: Annotated[AppState, Depends(state)], req: Annotated[Ba
     _JOBS[run_id] = subprocess.Popen(_argv(req, data, run_id, out), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
     assert row is not None
+    audit_action(conn, user, request, "backtest", run_id, strategy=str(req.strategy), data=req.data)
     return BacktestRun(id=run_id, status="PENDING", strategy=str(req.strategy), created_at=row[0], started_at=None,
                        finished_at=None, error=None)  # fmt: skip
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
+from api.auth import Caller, audit_action
 from api.deps import Conn, Paged, Publisher
-from api.errors import PROBLEM_RESPONSES
+from api.errors import NO_NUL, PROBLEM_RESPONSES, RequestBody
 from connectors.commands import command_fields
 from schemas.control import Halt
 
@@ -60,8 +61,8 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
-class EmergencyStop(BaseModel):
-    reason: str = Field(min_length=3, max_length=500)
+class EmergencyStop(RequestBody):
+    reason: str = Field(min_length=3, max_length=500, pattern=NO_NUL)
     account: str = Field("paper", pattern=r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -149,9 +150,12 @@ def orders(
 
 
 @router.post("/api/risk/emergency-stop", response_model=StopAccepted, status_code=202)
-def emergency_stop(pub: Publisher, body: Annotated[EmergencyStop, Body()]) -> StopAccepted:
+def emergency_stop(
+    conn: Conn, pub: Publisher, user: Caller, request: Request, body: Annotated[EmergencyStop, Body()]
+) -> StopAccepted:
     """The kill switch: the account's desk refuses entries, cancels working orders and flattens;
     only an explicit resume clears it (it survives restarts)."""
     cmd = Halt(reason=body.reason, **command_fields(body.account, "api"))
     pub.publish(cmd)
+    audit_action(conn, user, request, "Halt", body.account, command_id=cmd.command_id, reason=body.reason[:200])
     return StopAccepted(command_id=cmd.command_id, account=body.account)

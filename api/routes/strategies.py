@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel
 
+from api.auth import Caller, audit_action
 from api.deps import Conn, Publisher
 from api.errors import PROBLEM_RESPONSES, ApiError
 from connectors.commands import command_fields
@@ -72,26 +73,35 @@ def get_strategy(conn: Conn, strategy_id: StrategyId) -> StrategyOut:
     return _row(conn, strategy_id)
 
 
-def _send(pub: Publisher, cmd: Any) -> Accepted:
+def _send(conn: Conn, pub: Publisher, user: Caller, request: Request, cmd: Any) -> Accepted:
     pub.publish(cmd)
+    audit_action(conn, user, request, type(cmd).__name__, cmd.strategy, command_id=cmd.command_id)
     return Accepted(command_id=cmd.command_id, command=type(cmd).__name__, strategy=cmd.strategy)
 
 
 @router.post("/api/strategies/{strategy_id}/enable", response_model=Accepted, status_code=202)
-def enable(conn: Conn, pub: Publisher, strategy_id: StrategyId) -> Accepted:
+def enable(conn: Conn, pub: Publisher, user: Caller, request: Request, strategy_id: StrategyId) -> Accepted:
     s = _row(conn, strategy_id)
-    return _send(pub, EnableStrategy(strategy=s.id, **command_fields(s.account, "api")))
+    return _send(conn, pub, user, request, EnableStrategy(strategy=s.id, **command_fields(s.account, "api")))
 
 
 @router.post("/api/strategies/{strategy_id}/disable", response_model=Accepted, status_code=202)
-def disable(conn: Conn, pub: Publisher, strategy_id: StrategyId, flatten: bool = False) -> Accepted:
+def disable(
+    conn: Conn, pub: Publisher, user: Caller, request: Request, strategy_id: StrategyId, flatten: bool = False
+) -> Accepted:
     s = _row(conn, strategy_id)
-    return _send(pub, DisableStrategy(strategy=s.id, flatten=flatten, **command_fields(s.account, "api")))
+    cmd = DisableStrategy(strategy=s.id, flatten=flatten, **command_fields(s.account, "api"))
+    return _send(conn, pub, user, request, cmd)
 
 
 @router.put("/api/strategies/{strategy_id}/config", response_model=Accepted, status_code=202)
 def configure(
-    conn: Conn, pub: Publisher, strategy_id: StrategyId, params: Annotated[dict[str, Any], Body(max_length=64)]
+    conn: Conn,
+    pub: Publisher,
+    user: Caller,
+    request: Request,
+    strategy_id: StrategyId,
+    params: Annotated[dict[str, Any], Body(max_length=64)],
 ) -> Accepted:
     """Replace the deployment's whole params object (validated against its strategy's Params)."""
     import strategies.builtin  # noqa: F401  (registers the built-ins)
@@ -102,7 +112,9 @@ def configure(
         REGISTRY.params(s.kind, params)
     except (ParamsError, UnknownStrategy) as exc:
         raise ApiError(422, "Invalid params", str(exc)) from None
-    return _send(pub, ConfigureStrategy(strategy=s.id, params=params, **command_fields(s.account, "api")))
+    return _send(
+        conn, pub, user, request, ConfigureStrategy(strategy=s.id, params=params, **command_fields(s.account, "api"))
+    )
 
 
 @router.get("/api/strategies/{strategy_id}/performance", response_model=Performance)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from api.app import create_app
+from api.security import create_user
 from connectors.brokers.universe import build_universe
 from connectors.kafka import KafkaClientConfig, read_all
 from connectors.postgres.instruments import upsert_instruments
@@ -24,6 +25,7 @@ from schemas.control import ConfigureStrategy, Control, DisableStrategy, Halt
 from schemas.topics import TopicCatalog
 
 PROBLEM = "application/problem+json"
+PASSWORD = "correct horse battery staple"
 T0 = datetime(2026, 11, 23, 3, 45, tzinfo=UTC)  # 09:15 IST
 
 
@@ -50,8 +52,14 @@ def _seed(url: str) -> None:
 def client(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str, tmp_path: Path) -> Iterator[TestClient]:
     _seed(database_url)
     s = load_settings({"TICKTAPE_KAFKA_BOOTSTRAP": kafka.bootstrap, "TICKTAPE_DATABASE_URL": database_url,
-                       "TICKTAPE_TOPIC_PREFIX": catalog.prefix, "TICKTAPE_HOME": str(tmp_path)})  # fmt: skip
-    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+                       "TICKTAPE_TOPIC_PREFIX": catalog.prefix, "TICKTAPE_HOME": str(tmp_path),
+                       "TICKTAPE_API_RATE_LIMIT_PER_MIN": "1000000",
+                       "TICKTAPE_API_LOGIN_RATE_LIMIT_PER_MIN": "1000"})  # fmt: skip
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create_user(conn, "operator", PASSWORD)
+    with TestClient(create_app(s, environ={}), raise_server_exceptions=False) as c:
+        tokens = c.post("/api/auth/login", json={"username": "operator", "password": PASSWORD}).json()
+        c.headers["Authorization"] = f"Bearer {tokens['access_token']}"
         yield c
 
 
@@ -132,7 +140,7 @@ def test_book_endpoints_answer_for_an_empty_account(client: TestClient) -> None:
 
 
 def _operations() -> list[tuple[str, str]]:
-    paths = create_app(load_settings({})).openapi()["paths"]
+    paths = create_app(load_settings({"TICKTAPE_HOME": "/tmp/ticktape-openapi"}), environ={}).openapi()["paths"]
     return [(path, method.upper()) for path, ops in sorted(paths.items()) for method in sorted(ops)]
 
 
@@ -154,7 +162,7 @@ def test_no_input_breaks_the_api(client: TestClient, path: str, method: str) -> 
     @given(case=operation.as_strategy())
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case) -> None:  # type: ignore[no-untyped-def]
-        case.call_and_validate(excluded_checks=excluded)
+        case.call_and_validate(headers={"Authorization": client.headers["Authorization"]}, excluded_checks=excluded)
 
     run()
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import uvicorn
 from confluent_kafka import Producer
@@ -18,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from api.app import create_app
+from api.security import create_user, issue_access_token
 from connectors.kafka import KafkaClientConfig
 from connectors.processes import free_port
 from connectors.settings import load_settings
@@ -25,6 +27,7 @@ from schemas.codec import encode
 from schemas.market import Tick
 from schemas.topics import TopicCatalog
 
+TOKEN = ""
 SYMBOLS = [f"NSE:S{k:02d}" for k in range(20)]
 BULK = [f"NSE:B{k:02d}" for k in range(20)]  # only the slow client subscribes to these
 PER_SYMBOL = 1200  # the slow client's 48,000 frames (~11 MB) overflow the socket buffers and its queue
@@ -35,7 +38,11 @@ def server(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str, t
     port = free_port()
     s = load_settings({"TICKTAPE_KAFKA_BOOTSTRAP": kafka.bootstrap, "TICKTAPE_DATABASE_URL": database_url,
                        "TICKTAPE_TOPIC_PREFIX": catalog.prefix, "TICKTAPE_HOME": str(tmp_path)})  # fmt: skip
-    app = create_app(s)
+    app = create_app(s, environ={})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        user = create_user(conn, "operator", "correct horse battery staple")
+    global TOKEN
+    TOKEN = issue_access_token(user.id, app.state.ticktape.security)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
@@ -43,6 +50,12 @@ def server(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str, t
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.started
+
+    async def first_client() -> None:  # the hub starts with the first client
+        async with connect(f"ws://127.0.0.1:{port}/ws?token={TOKEN}"):
+            pass
+
+    asyncio.run(first_client())
     assert app.state.hub.ready.wait(30)  # the hub reads the topics from their current ends
     yield port
     srv.should_exit = True
@@ -63,7 +76,7 @@ def _produce(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
 
 
 async def _session(port: int, kafka: KafkaClientConfig, catalog: TopicCatalog) -> tuple[list[dict[str, list[int]]], int]:
-    url = f"ws://127.0.0.1:{port}/ws"
+    url = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
     readers = []
     for k in range(49):
         ws = await connect(url, max_queue=None)
@@ -109,7 +122,7 @@ def test_fifty_clients_and_a_slow_one(server: int, kafka: KafkaClientConfig, cat
 def test_protocol_errors_and_origin(server: int) -> None:
     async def go() -> list[dict]:  # type: ignore[type-arg]
         out = []
-        async with connect(f"ws://127.0.0.1:{server}/ws") as ws:
+        async with connect(f"ws://127.0.0.1:{server}/ws?token={TOKEN}") as ws:
             for msg in ("not json", json.dumps({"type": "dance"}), json.dumps({"type": "subscribe", "channel": "news"}),
                         json.dumps({"type": "subscribe", "channel": "ticks", "instruments": [1]})):  # fmt: skip
                 await ws.send(msg)
@@ -119,8 +132,12 @@ def test_protocol_errors_and_origin(server: int) -> None:
             await ws.send(json.dumps({"type": "unsubscribe", "channel": "candles", "instruments": ["NSE:A"]}))
             out.append(json.loads(await ws.recv()))
         with pytest.raises(InvalidStatus) as err:
-            await connect(f"ws://127.0.0.1:{server}/ws", origin="https://evil.example")  # type: ignore[arg-type]
+            await connect(f"ws://127.0.0.1:{server}/ws?token={TOKEN}", origin="https://evil.example")  # type: ignore[arg-type]
         assert err.value.response.status_code == 403
+        for bad in ("", "?token=forged.token.value"):
+            with pytest.raises(InvalidStatus) as err:
+                await connect(f"ws://127.0.0.1:{server}/ws{bad}")
+            assert err.value.response.status_code == 403
         return out
 
     replies = asyncio.run(go())

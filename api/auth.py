@@ -1,0 +1,280 @@
+"""Authentication for the API: login, tokens, TOTP, the caller, rate limits, secure headers.
+
+* ``POST /api/auth/login`` (username, password, TOTP code when enabled) answers an access
+  token (HS256 JWT, short-lived) and a refresh token; ``/refresh`` rotates the refresh token
+  (reuse revokes its whole family); ``/logout`` revokes it; ``/profile`` says who is calling;
+  ``/totp/setup`` and ``/totp/enable`` turn on the second factor. The rules live in
+  :mod:`api.security`; every attempt is in ``audit_log``.
+* Every other ``/api`` route needs ``Authorization: Bearer <access token>``; ``/ws`` takes the
+  token as ``?token=`` (browsers cannot set headers on a WebSocket).
+* Rate limits per client address, in a sliding minute: login 10, everything else 600; over
+  the limit is a 429 with ``Retry-After``.
+* Secrets come from the environment: ``TICKTAPE_JWT_SECRET`` and ``TICKTAPE_MASTER_KEYS``. In
+  ``TICKTAPE_ENV=dev`` (the default) missing ones are generated once into
+  ``$TICKTAPE_HOME/secrets.json`` (mode 0600), so the demo needs no set-up; elsewhere a missing
+  or default secret stops start-up naming the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from api import security
+from api.credentials import MasterKeys, SecretBox
+from api.deps import AppState, Conn, state
+from api.errors import NO_NUL, PROBLEM_RESPONSES, ApiError, RequestBody
+from api.security import AuthError, SecurityConfig, User
+
+router = APIRouter(prefix="/api/auth", tags=["auth"], responses=PROBLEM_RESPONSES)
+_bearer = HTTPBearer(auto_error=False, description="an access token from POST /api/auth/login")
+_STATUS = {"locked": 423, "totp_required": 401}
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+def load_secrets(environ: Mapping[str, str], home: Path, env: str) -> tuple[SecurityConfig, SecretBox]:
+    """The JWT config and the master keys (see the module docstring for the dev default)."""
+    values = dict(environ)
+    if env == "dev" and (not values.get("TICKTAPE_JWT_SECRET") or not values.get("TICKTAPE_MASTER_KEYS")):
+        path = home / "secrets.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+        else:
+            stored = {"TICKTAPE_JWT_SECRET": secrets.token_urlsafe(48),
+                      "TICKTAPE_MASTER_KEYS": "dev1:" + base64.b64encode(secrets.token_bytes(32)).decode()}  # fmt: skip
+            home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(stored, fh)
+        for k, v in stored.items():
+            if not values.get(k):
+                values[k] = v
+    values["TICKTAPE_ENV"] = env
+    return SecurityConfig.from_env(values), SecretBox(MasterKeys.from_env(values))
+
+
+# ----------------------------------------------------------------------------- the caller
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _unauthorized(code: str) -> ApiError:
+    return ApiError(401, "Not authenticated", code, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def current_user(
+    request: Request,
+    st: Annotated[AppState, Depends(state)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if creds is None or creds.scheme.lower() != "bearer":
+        msg = "missing bearer token"
+        raise _unauthorized(msg)
+    try:
+        claims = security.verify_access_token(creds.credentials, st.security)
+    except AuthError as exc:
+        _audit_refusal(st, request, exc.code)
+        raise _unauthorized(exc.code) from None
+    request.state.user_id = claims.user_id
+    return User(claims.user_id, "", False)
+
+
+Caller = Annotated[User, Depends(current_user)]
+
+
+def _audit_refusal(st: AppState, request: Request, code: str) -> None:
+    """A presented token that was refused (forged, expired, wrong algorithm) is audited."""
+    if st.pool is None:
+        return
+    with contextlib.suppress(Exception), st.pool.connection(timeout=2) as conn:
+        security.audit(conn, "?", "token_refused", request.url.path[:200], False, _client_ip(request), {"reason": code})
+
+
+def username(conn: Conn, user: User) -> str:
+    row = conn.execute("SELECT username FROM users WHERE id = %s", (user.id,)).fetchone()
+    if row is None:
+        msg = "unknown user"
+        raise _unauthorized(msg)
+    return str(row[0])
+
+
+def audit_action(conn: Conn, user: User, request: Request, action: str, target: str, **details: Any) -> None:
+    """Record a control action in the append-only audit log."""
+    security.audit(conn, username(conn, user), action, target, True, _client_ip(request), details)
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+class Login(RequestBody):
+    username: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    password: str = Field(min_length=1, max_length=256, pattern=NO_NUL)
+    totp_code: str | None = Field(None, pattern=r"^[0-9]{6}$")
+
+
+class Tokens(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class RefreshIn(RequestBody):
+    refresh_token: str = Field(min_length=10, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class Profile(BaseModel):
+    id: int
+    username: str
+    totp_enabled: bool
+
+
+class TotpSetup(BaseModel):
+    otpauth_uri: str
+
+
+class TotpCode(RequestBody):
+    code: str = Field(pattern=r"^[0-9]{6}$")
+
+
+def _auth_error(exc: AuthError) -> ApiError:
+    return ApiError(_STATUS.get(exc.code, 401), "Authentication failed", exc.code,
+                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+@router.post("/login", response_model=Tokens)
+def login(conn: Conn, request: Request, st: Annotated[AppState, Depends(state)], body: Annotated[Login, Body()]) -> Tokens:
+    try:
+        user = security.authenticate(conn, body.username, body.password, body.totp_code, client_ip=_client_ip(request),
+                                     box=st.box, policy=st.security.lockout)  # fmt: skip
+    except AuthError as exc:
+        raise _auth_error(exc) from None
+    refresh = security.issue_refresh_token(conn, user.id, ttl=st.security.refresh_ttl)
+    return Tokens(access_token=security.issue_access_token(user.id, st.security), refresh_token=refresh,
+                  expires_in=int(st.security.access_ttl.total_seconds()))  # fmt: skip
+
+
+@router.post("/refresh", response_model=Tokens)
+def refresh(
+    conn: Conn, request: Request, st: Annotated[AppState, Depends(state)], body: Annotated[RefreshIn, Body()]
+) -> Tokens:
+    try:
+        pair = security.rotate_refresh_token(conn, body.refresh_token, config=st.security, client_ip=_client_ip(request))
+    except AuthError as exc:
+        raise _auth_error(exc) from None
+    return Tokens(access_token=pair.access_token, refresh_token=pair.refresh_token,
+                  expires_in=int(st.security.access_ttl.total_seconds()))  # fmt: skip
+
+
+@router.post("/logout", status_code=204)
+def logout(conn: Conn, request: Request, _user: Caller, body: Annotated[RefreshIn, Body()]) -> Response:
+    security.logout(conn, body.refresh_token, client_ip=_client_ip(request))
+    return Response(status_code=204)
+
+
+@router.get("/profile", response_model=Profile)
+def profile(conn: Conn, user: Caller) -> Profile:
+    row = conn.execute("SELECT username, totp_enabled FROM users WHERE id = %s", (user.id,)).fetchone()
+    if row is None:
+        msg = "unknown user"
+        raise _unauthorized(msg)
+    return Profile(id=user.id, username=row[0], totp_enabled=row[1])
+
+
+@router.post("/totp/setup", response_model=TotpSetup)
+def totp_setup(conn: Conn, request: Request, st: Annotated[AppState, Depends(state)], user: Caller) -> TotpSetup:
+    try:
+        uri = security.setup_totp(conn, user.id, st.box, client_ip=_client_ip(request))
+    except AuthError as exc:
+        raise ApiError(409, "TOTP already enabled", exc.code) from None
+    return TotpSetup(otpauth_uri=uri)
+
+
+@router.post("/totp/enable", status_code=204)
+def totp_enable(
+    conn: Conn, request: Request, st: Annotated[AppState, Depends(state)], user: Caller, body: Annotated[TotpCode, Body()]
+) -> Response:
+    try:
+        security.enable_totp(conn, user.id, body.code, box=st.box, client_ip=_client_ip(request))
+    except AuthError as exc:
+        raise ApiError(409 if exc.code in ("totp_already_enabled", "totp_not_setup") else 401,
+                       "TOTP not enabled", exc.code) from None  # fmt: skip
+    return Response(status_code=204)
+
+
+# ----------------------------------------------------------------------------- middleware
+
+
+class RateLimiter:
+    """Sliding one-minute windows per (client address, bucket)."""
+
+    def __init__(self, login_per_min: int = 10, other_per_min: int = 600) -> None:
+        self.limits = {"login": login_per_min, "api": other_per_min}
+        self._hits: dict[tuple[str, str], deque[float]] = {}
+
+    def allow(self, client: str, bucket: str, now: float) -> float:
+        """0 if allowed, else the seconds until it would be."""
+        hits = self._hits.setdefault((client, bucket), deque())
+        while hits and now - hits[0] >= 60:
+            hits.popleft()
+        if len(hits) >= self.limits[bucket]:
+            return 60 - (now - hits[0])
+        hits.append(now)
+        return 0.0
+
+
+_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def install(app: FastAPI, limiter: RateLimiter) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        if path.startswith("/api/"):
+            bucket = "login" if path == "/api/auth/login" else "api"
+            wait = limiter.allow(_client_ip(request) or "?", bucket, time.monotonic())
+            if wait:
+                from fastapi.responses import JSONResponse
+
+                from api.errors import PROBLEM, Problem
+
+                body = Problem(title="Too many requests", status=429, detail=f"{bucket} limit reached", instance=path)
+                return JSONResponse(body.model_dump(exclude_none=True), status_code=429, media_type=PROBLEM,
+                                    headers={"Retry-After": str(int(wait) + 1), **_HEADERS})  # fmt: skip
+            # PostgreSQL text cannot hold NUL; refuse it at the door instead of failing deep inside.
+            body = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
+            if "%00" in request.url.query or b"\\u0000" in body or b"\x00" in body or "\x00" in path:
+                from fastapi.responses import JSONResponse
+
+                from api.errors import PROBLEM, Problem
+
+                bad = Problem(title="Invalid request", status=422, detail="NUL characters are not accepted", instance=path)
+                return JSONResponse(bad.model_dump(exclude_none=True), status_code=422, media_type=PROBLEM, headers=_HEADERS)
+        response = await call_next(request)
+        response.headers.update(_HEADERS)
+        if path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        return response
