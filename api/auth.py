@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
 from api import security
@@ -239,6 +240,13 @@ class RateLimiter:
         return 0.0
 
 
+REQUESTS = Counter("ticktape_api_requests_total", "API requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "ticktape_api_request_seconds",
+    "API request latency, by route template",
+    ["method", "route"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -272,7 +280,12 @@ def install(app: FastAPI, limiter: RateLimiter) -> None:
 
                 bad = Problem(title="Invalid request", status=422, detail="NUL characters are not accepted", instance=path)
                 return JSONResponse(bad.model_dump(exclude_none=True), status_code=422, media_type=PROBLEM, headers=_HEADERS)
+        t0 = time.perf_counter()
         response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        LATENCY.labels(request.method, template).observe(time.perf_counter() - t0)
         response.headers.update(_HEADERS)
         if path.startswith("/api/"):
             response.headers["Cache-Control"] = "no-store"

@@ -482,6 +482,37 @@ class _Reporter:
         self.last, self.last_rows = now, rows
 
 
+user_app = typer.Typer(no_args_is_help=True, help="API operator accounts.")
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    password_stdin: Annotated[bool, typer.Option(help="read the password from stdin (scripts) instead of a prompt")] = False,
+) -> None:
+    """Create an operator account for the API (Argon2id password, at least 12 characters)."""
+    import getpass
+
+    from api.security import create_user
+    from connectors.postgres import connect
+    from connectors.postgres.migrate import migrate
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("password: ")
+    if not password_stdin and getpass.getpass("again: ") != password:
+        console.print("[red]the passwords differ[/red]")
+        raise typer.Exit(2)
+    s = _settings()
+    with connect(_endpoints(s).database_url, autocommit=True) as conn:
+        migrate(conn)
+        try:
+            user = create_user(conn, username, password)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    console.print(f"user {user.username} created (id {user.id}); log in with POST /api/auth/login")
+
+
 def _register_backtests() -> None:
     from flows.cli_backtest import backtest, optimize, replay
 

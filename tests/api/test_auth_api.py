@@ -127,3 +127,30 @@ def test_websocket_refusals_are_audited(env: tuple) -> None:
         assert err.value.code == 1008
     reasons = [json.loads(d)["reason"] for _a, ok, d in _audit(url, "ws_connect") if not ok]
     assert reasons == ["origin https://evil.example not allowed", "token: token_invalid"]
+
+
+def test_user_create_cli_and_request_metrics(env: tuple, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    client, _app, url = env
+    cli = Path(sys.executable).with_name("ticktape")
+    run_env = {**os.environ, "TICKTAPE_DATABASE_URL": url, "TICKTAPE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+               "TICKTAPE_HOME": str(tmp_path)}  # fmt: skip
+
+    def create(name: str, password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(cli), "user", "create", name, "--password-stdin"], input=password + "\n", env=run_env,
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    ok = create("alice", "a long enough password")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (
+        client.post("/api/auth/login", json={"username": "alice", "password": "a long enough password"}).status_code == 200
+    )
+    assert create("alice", "a long enough password").returncode == 2
+    short = create("bob", "short")
+    assert short.returncode == 2 and "password" in short.stdout
+    metrics = client.get("/metrics").text
+    assert 'ticktape_api_requests_total{method="POST",route="/api/auth/login",status="200"}' in metrics
+    assert 'ticktape_api_request_seconds_bucket{le="0.005",method="POST",route="/api/auth/login"}' in metrics
