@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from confluent_kafka.admin import AdminClient
@@ -30,6 +30,7 @@ from connectors.settings import Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
 
 Status = Literal["ok", "degraded", "down"]
+HEALTH_TTL_S = 1.0
 
 
 class ComponentHealth(BaseModel):
@@ -200,12 +201,18 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     for router in (market.router, strategies.router, risk.router, backtests.router):
         app.include_router(router, dependencies=[Depends(auth.current_user)])
 
+    checked: list[Any] = [-1e9, None]  # (when, (broker, (database, lag, trading)))
+
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:
-        bootstrap, dsn = _endpoints(settings)
-        broker, (db, lag, trading) = await asyncio.gather(
-            asyncio.to_thread(_check_broker, bootstrap), asyncio.to_thread(_check_database, dsn)
-        )
+        now = time.monotonic()
+        if now - checked[0] > HEALTH_TTL_S:  # probes are cheap to answer, not to compute: at most once a second
+            bootstrap, dsn = _endpoints(settings)
+            checked[1] = await asyncio.gather(
+                asyncio.to_thread(_check_broker, bootstrap), asyncio.to_thread(_check_database, dsn)
+            )
+            checked[0] = now
+        broker, (db, lag, trading) = checked[1]
         flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items() if name != "api"}
         parts = [broker.status, db.status, *(f.status for f in flows.values())]
         overall: Status = "ok" if all(p == "ok" for p in parts) else "down" if "down" in parts[:2] else "degraded"

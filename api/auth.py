@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -256,38 +256,84 @@ _HEADERS = {
 }
 
 
-def install(app: FastAPI, limiter: RateLimiter) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path
-        if path.startswith("/api/"):
+_API_HEADERS = [(k.lower().encode(), v.encode()) for k, v in _HEADERS.items()]
+_NO_STORE = [(b"cache-control", b"no-store"), (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")]
+
+
+class Guard:
+    """Pure ASGI middleware (no per-request task or body copy unless needed): rate limits,
+    NUL refusal, request metrics and secure headers."""
+
+    def __init__(self, app: Any, limiter: RateLimiter) -> None:
+        self.app, self.limiter = app, limiter
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        api = path.startswith("/api/")
+        if api:
             bucket = "login" if path == "/api/auth/login" else "api"
-            wait = limiter.allow(_client_ip(request) or "?", bucket, time.monotonic())
+            client = scope.get("client")
+            wait = self.limiter.allow(client[0] if client else "?", bucket, time.monotonic())
             if wait:
-                from fastapi.responses import JSONResponse
+                await _problem(send, scope, 429, "Too many requests", f"{bucket} limit reached",
+                               [(b"retry-after", str(int(wait) + 1).encode())])  # fmt: skip
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                # PostgreSQL text cannot hold NUL: refuse it at the door instead of failing deep inside.
+                chunks, more = [], True
+                while more:
+                    msg = await receive()
+                    chunks.append(msg.get("body", b""))
+                    more = msg.get("more_body", False)
+                body = b"".join(chunks)
+                if b"\\u0000" in body or b"\x00" in body:
+                    await _problem(send, scope, 422, "Invalid request", "NUL characters are not accepted")
+                    return
+                sent = False
 
-                from api.errors import PROBLEM, Problem
+                async def replay() -> dict[str, Any]:
+                    nonlocal sent
+                    if sent:
+                        return await receive()
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
 
-                body = Problem(title="Too many requests", status=429, detail=f"{bucket} limit reached", instance=path)
-                return JSONResponse(body.model_dump(exclude_none=True), status_code=429, media_type=PROBLEM,
-                                    headers={"Retry-After": str(int(wait) + 1), **_HEADERS})  # fmt: skip
-            # PostgreSQL text cannot hold NUL; refuse it at the door instead of failing deep inside.
-            body = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
-            if "%00" in request.url.query or b"\\u0000" in body or b"\x00" in body or "\x00" in path:
-                from fastapi.responses import JSONResponse
-
-                from api.errors import PROBLEM, Problem
-
-                bad = Problem(title="Invalid request", status=422, detail="NUL characters are not accepted", instance=path)
-                return JSONResponse(bad.model_dump(exclude_none=True), status_code=422, media_type=PROBLEM, headers=_HEADERS)
+                receive = replay
+            if b"%00" in scope.get("query_string", b"") or "\x00" in path:
+                await _problem(send, scope, 422, "Invalid request", "NUL characters are not accepted")
+                return
         t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-        LATENCY.labels(request.method, template).observe(time.perf_counter() - t0)
-        response.headers.update(_HEADERS)
-        if path.startswith("/api/"):
-            response.headers["Cache-Control"] = "no-store"
-            response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
-        return response
+        status = [500]
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                headers = list(message.get("headers", [])) + _API_HEADERS + (_NO_STORE if api else [])
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            REQUESTS.labels(scope["method"], template, str(status[0])).inc()
+            LATENCY.labels(scope["method"], template).observe(time.perf_counter() - t0)
+
+
+async def _problem(send: Any, scope: dict[str, Any], status: int, title: str, detail: str,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:  # fmt: skip
+    from api.errors import PROBLEM, Problem
+
+    body = Problem(title=title, status=status, detail=detail, instance=scope["path"]).model_dump_json(exclude_none=True)
+    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()), *_API_HEADERS,
+               *(extra or [])]  # fmt: skip
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+def install(app: FastAPI, limiter: RateLimiter) -> None:
+    app.add_middleware(Guard, limiter=limiter)
