@@ -415,7 +415,7 @@ def db_ticks(conn: Any, window: Window) -> list[Tick]:
 
 def db_candles(conn: Any, timeframe: str, window: Window) -> list[Candle]:
     """Closed ``timeframe`` candles from ``ohlc_candles`` whose open time is in ``window``."""
-    tf = parse_timeframe(timeframe)
+    parse_timeframe(timeframe)  # a bad timeframe fails before the query
     rows = conn.execute(
         """SELECT c.time, i.symbol, c.open_price, c.high_price, c.low_price, c.close_price, c.volume,
                   c.trade_count, c.vwap, c.oi
@@ -432,30 +432,36 @@ def db_candles(conn: Any, timeframe: str, window: Window) -> list[Candle]:
             "end": window.end,
         },
     )
-    out = []
-    for t, sym, o, h, lo, c, v, n, vwap, oi in rows:
-        ts = _ns(t)
-        s_close = session_bounds(ts)[1]
-        close_at = s_close if tf.daily else min(ts + tf.ns, s_close)
-        out.append(
-            Candle(
-                instrument=sym,
-                timeframe=timeframe,
-                open_time=ts,
-                ts_event=close_at,
-                ts_init=close_at,
-                open=float(o),
-                high=float(h),
-                low=float(lo),
-                close=float(c),
-                volume=int(v or 0),
-                trade_count=int(n or 0),
-                vwap=float(vwap or c),
-                oi=int(oi or 0),
-                final=True,
-            )
-        )
-    return out
+    return [stored_candle(sym, timeframe, t, o, h, lo, c, v, n, vwap, oi) for t, sym, o, h, lo, c, v, n, vwap, oi in rows]
+
+
+def stored_candle(
+    instrument: str, timeframe: str, t: datetime, o: Any, h: Any, lo: Any, c: Any, v: Any, n: Any, vwap: Any, oi: Any
+) -> Candle:
+    """A closed candle from an ``ohlc_candles`` row (``t`` is the bar's open; it closes one
+    timeframe later, or at the session close)."""
+    tf = parse_timeframe(timeframe)
+    ts = _ns(t)
+    s_open, s_close = session_bounds(ts)
+    close_at = ts + tf.ns
+    if s_open <= ts < s_close:  # a bar of the session ends with it at the latest
+        close_at = s_close if tf.daily else min(close_at, s_close)
+    return Candle(
+        instrument=instrument,
+        timeframe=timeframe,
+        open_time=ts,
+        ts_event=close_at,
+        ts_init=close_at,
+        open=float(o),
+        high=float(h),
+        low=float(lo),
+        close=float(c),
+        volume=int(v or 0),
+        trade_count=int(n or 0),
+        vwap=float(vwap or c),
+        oi=int(oi or 0),
+        final=True,
+    )
 
 
 def _ns(t: datetime) -> int:

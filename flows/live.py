@@ -30,11 +30,11 @@ import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow, Stream
 
+from connectors.history import stored_candle
 from connectors.kafka import HEARTBEAT, KafkaClientConfig, OrderedSource, ProducerSink, Record, RecordSource
 from flows.pipeline import MarketClock, PipelineConfig, build_market, strategy_commands
 from flows.trading import TradingSetup, build_trading
 from operators.analytics import AnalyticsConfig
-from operators.candles import parse_timeframe
 from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
 from schemas.market import Candle, Instrument, RejectReason, rejected
@@ -152,27 +152,8 @@ def warm_candles(conn: Any, timeframes: Sequence[str], days: int, until: Any = N
         (list(timeframes), until, days, until),
     ).fetchall()
     out: dict[str, list[Candle]] = {}
-    for sym, tf, t, o, h, lo, c, v, n, vwap, oi in rows:
-        open_ns = int(t.timestamp()) * 10**9
-        close_ns = open_ns + parse_timeframe(tf).ns
-        out.setdefault(sym, []).append(
-            Candle(
-                instrument=sym,
-                timeframe=tf,
-                open_time=open_ns,
-                ts_event=close_ns,
-                ts_init=close_ns,
-                open=float(o),
-                high=float(h),
-                low=float(lo),
-                close=float(c),
-                volume=int(v or 0),
-                trade_count=int(n or 0),
-                vwap=float(vwap or c),
-                oi=int(oi or 0),
-                final=True,
-            )
-        )
+    for sym, tf, *bar in rows:
+        out.setdefault(sym, []).append(stored_candle(sym, tf, *bar))
     return out
 
 
