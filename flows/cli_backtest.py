@@ -20,6 +20,12 @@ from rich.table import Table
 
 IST = timezone(timedelta(hours=5, minutes=30))
 console = Console()
+# Options shared by `ticktape backtest` and `ticktape optimize`.
+InstrumentsOpt = Annotated[str, typer.Option(help="comma-separated EXCHANGE:SYMBOL list (default: all)")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="first IST day or time (inclusive)")]
+ToOpt = Annotated[str | None, typer.Option(help="last IST day (inclusive) or time (exclusive)")]
+CapitalOpt = Annotated[float, typer.Option(help="starting capital, rupees")]
+RiskOpt = Annotated[str, typer.Option(help="RiskConfig overrides as JSON, e.g. '{\"daily_loss_limit\": null}'")]
 
 
 def parse_when(text: str | None, *, end: bool = False) -> int | None:
@@ -84,13 +90,13 @@ def backtest(
     strategy: Annotated[list[str], typer.Option(help="registered strategy name; repeat for several")],
     data: Annotated[str, typer.Option(help="CSV/Parquet file of ticks or candles, or 'db' (tick_data/ohlc_candles)")],
     params: Annotated[list[str] | None, typer.Option(help="params JSON: once for all, or once per --strategy")] = None,
-    instruments: Annotated[str, typer.Option(help="comma-separated EXCHANGE:SYMBOL list (default: all)")] = "",
-    from_: Annotated[str | None, typer.Option("--from", help="first IST day or time (inclusive)")] = None,
-    to: Annotated[str | None, typer.Option(help="last IST day (inclusive) or time (exclusive)")] = None,
+    instruments: InstrumentsOpt = "",
+    from_: FromOpt = None,
+    to: ToOpt = None,
     timeframe: Annotated[str | None, typer.Option(help="candle input timeframe (files: default 1m; db: candles)")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (default: <home>/backtests/<run id>)")] = None,
-    capital: Annotated[float, typer.Option(help="starting capital, rupees")] = 1_000_000.0,
-    risk: Annotated[str, typer.Option(help="RiskConfig overrides as JSON, e.g. '{\"daily_loss_limit\": null}'")] = "{}",
+    capital: CapitalOpt = 1_000_000.0,
+    risk: RiskOpt = "{}",
     skip_bad: Annotated[bool, typer.Option(help="skip (and count) bad input rows instead of stopping")] = False,
     keep_topics: Annotated[bool, typer.Option(help="keep the run's bt.<run>.* topics")] = False,
     run_id: Annotated[
@@ -217,13 +223,13 @@ def optimize(
     seed: Annotated[int, typer.Option(help="random search: seed")] = 0,
     processes: Annotated[int, typer.Option(help="worker processes (0: one per core)")] = 0,
     walk_forward: Annotated[str | None, typer.Option(help="IN:OUT trading days, e.g. 3:1")] = None,
-    instruments: Annotated[str, typer.Option(help="comma-separated EXCHANGE:SYMBOL list (default: all)")] = "",
-    from_: Annotated[str | None, typer.Option("--from", help="first IST day or time (inclusive)")] = None,
-    to: Annotated[str | None, typer.Option(help="last IST day (inclusive) or time (exclusive)")] = None,
+    instruments: InstrumentsOpt = "",
+    from_: FromOpt = None,
+    to: ToOpt = None,
     timeframe: Annotated[str | None, typer.Option(help="candle input timeframe (files: default 1m)")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (default: <home>/optimize/<id>)")] = None,
-    capital: Annotated[float, typer.Option(help="starting capital, rupees")] = 1_000_000.0,
-    risk: Annotated[str, typer.Option(help="RiskConfig overrides as JSON")] = "{}",
+    capital: CapitalOpt = 1_000_000.0,
+    risk: RiskOpt = "{}",
 ) -> None:
     """Grid or random search over a strategy's params (every point a full backtest, in parallel
     processes), ranked by a metric; with --walk-forward, in-sample/out-of-sample windows."""
