@@ -173,31 +173,12 @@ class Reject(NamedTuple):
     ts: int = 0  # event time of the tick, when it decoded
 
 
-_TICK_DECODER = msgspec.json.Decoder(Tick)
-
-
-def _decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
-    decode = _TICK_DECODER.decode
-    out: list[tuple[str, Any]] = []
-    for rec in records:
-        if rec is HEARTBEAT or rec.partition < 0:
-            continue
-        try:
-            t = decode(rec.value or b"")
-        except msgspec.DecodeError as exc:
-            err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
-            out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
-            continue
-        out.append((t.instrument, t))
-    return out
-
-
-_CANDLE_DECODER = msgspec.json.Decoder(Candle)
-
-
-def _bar_decoder(timeframe: str) -> Callable[[list[Record]], list[tuple[str, Any]]]:
-    """Decode a candle input: closed candles of ``timeframe``; anything else is dead-lettered."""
-    decode = _CANDLE_DECODER.decode
+def _record_decoder(
+    value_type: Any, check: Callable[[Record, Any], str | None] | None = None
+) -> Callable[[list[Record]], list[tuple[str, Any]]]:
+    """Decode records of ``value_type`` keyed by instrument; an undecodable record - or one
+    ``check`` refuses, with its reason - becomes a :class:`Reject` for the dead-letter topic."""
+    decode = msgspec.json.Decoder(value_type).decode
 
     def decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
@@ -205,20 +186,38 @@ def _bar_decoder(timeframe: str) -> Callable[[list[Record]], list[tuple[str, Any
             if rec is HEARTBEAT or rec.partition < 0:
                 continue
             try:
-                c = decode(rec.value or b"")
+                v = decode(rec.value or b"")
             except msgspec.DecodeError as exc:
                 err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
                 out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
                 continue
-            if c.timeframe != timeframe or not c.final:
-                why = f"{rec.topic}[{rec.partition}]@{rec.offset}: expected a closed {timeframe} candle, got "
-                why += f"{'a closed' if c.final else 'an open'} {c.timeframe} one"
-                out.append(("", Reject(rec.topic, c.instrument, RejectReason.MALFORMED, why, rec.value or b"", c.ts_event)))
-                continue
-            out.append((c.instrument, c))
+            if check is not None:
+                why = check(rec, v)
+                if why is not None:
+                    out.append(("", Reject(rec.topic, v.instrument, RejectReason.MALFORMED, why, rec.value or b"",
+                                           v.ts_event)))  # fmt: skip
+                    continue
+            out.append((v.instrument, v))
         return out
 
     return decode_batch
+
+
+_decode_batch = _record_decoder(Tick)
+
+
+def _bar_decoder(timeframe: str) -> Callable[[list[Record]], list[tuple[str, Any]]]:
+    """Decode a candle input: closed candles of ``timeframe``; anything else is dead-lettered."""
+
+    def closed_bar(rec: Record, c: Candle) -> str | None:
+        if c.timeframe == timeframe and c.final:
+            return None
+        state = "a closed" if c.final else "an open"
+        return (
+            f"{rec.topic}[{rec.partition}]@{rec.offset}: expected a closed {timeframe} candle, got {state} {c.timeframe} one"
+        )
+
+    return _record_decoder(Candle, closed_bar)
 
 
 def bar_ticks(c: Candle) -> list[Tick]:

@@ -183,3 +183,23 @@ def test_the_cli_runs_a_backtest_and_reports_bad_input(kafka: KafkaClientConfig,
     assert f"{bad}:3: 8 fields, header has 7" in failed.stdout.replace("\n", "")
     unknown = _cli(["--strategy", "nope", "--data", str(path)], kafka, database_url, tmp_path / "home")
     assert unknown.returncode == 2 and "known strategies" in unknown.stdout + unknown.stderr
+
+
+def test_a_candle_input_dead_letters_what_is_not_a_closed_bar_of_its_timeframe() -> None:
+    import msgspec
+
+    from connectors.kafka import Record
+    from flows.pipeline import Reject, _bar_decoder
+    from schemas.codec import encode
+
+    (bar,) = random_walk_candles(["NSE:AAA"], DAY, 1)
+    records = [Record("bars", 0, k, b"NSE:AAA", v) for k, v in enumerate([
+        encode(bar), encode(msgspec.structs.replace(bar, timeframe="5m")), encode(msgspec.structs.replace(bar, final=False)),
+        b"{not json"])]  # fmt: skip
+    out = _bar_decoder("1m")(records)
+    assert out[0] == ("NSE:AAA", bar)
+    rejects = [v for _k, v in out[1:]]
+    assert all(type(r) is Reject for r in rejects)
+    assert "bars[0]@1: expected a closed 1m candle, got a closed 5m one" in rejects[0].detail
+    assert "got an open 1m one" in rejects[1].detail and rejects[1].instrument == "NSE:AAA"
+    assert "cannot decode bars[0]@3" in rejects[2].detail and rejects[2].instrument is None
