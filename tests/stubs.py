@@ -118,3 +118,18 @@ def write_candles_csv(path: Any, candles: list[Any]) -> None:
         for c in candles:
             ts = datetime.fromtimestamp(c.open_time / 1e9, tz=UTC).astimezone(ist).isoformat()
             fh.write(f"{ts},{c.instrument},{c.open},{c.high},{c.low},{c.close},{c.volume}\n")
+
+
+_FILL_SEQ = iter(range(10**9))
+
+
+def fill(
+    side: Any, qty: int, price: float, *, ts: int = 1, strategy: str = "s1", instrument: str = "NSE:INFY",
+    charges: float = 0.0, trade_id: str | None = None, client_order_id: str = "c",
+) -> Any:  # fmt: skip
+    """A simulated-venue fill (fresh trade id unless given)."""
+    from schemas.orders import Fill
+
+    return Fill(venue="sim", trade_id=trade_id or f"t{next(_FILL_SEQ)}", client_order_id=client_order_id,
+                venue_order_id="v", account="acc", strategy=strategy, instrument=instrument, side=side, qty=qty,
+                price=price, ts_event=ts, ts_init=ts, charges=charges)  # fmt: skip

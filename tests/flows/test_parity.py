@@ -22,6 +22,7 @@ from flows.parity import Diff, diff
 from schemas.market import InstrumentType
 from schemas.orders import Fill, Side
 from schemas.topics import TopicCatalog
+from tests import stubs
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +66,8 @@ def test_a_recorded_paper_session_replays_to_an_empty_diff(
 
 
 def _fill(trade_id: str, price: float, ts: int) -> Fill:
-    return Fill(venue="sim", trade_id=trade_id, client_order_id="C1", venue_order_id="sim-C1", account="paper",
-                strategy="s", instrument="NSE:A", side=Side.BUY, qty=1, price=price, ts_event=ts, ts_init=ts)  # fmt: skip
+    return stubs.fill(Side.BUY, 1, price, ts=ts, trade_id=trade_id, client_order_id="C1", strategy="s",
+                      instrument="NSE:A")  # fmt: skip
 
 
 def test_the_diff_names_what_differs_and_ignores_only_time() -> None:

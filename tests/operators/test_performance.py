@@ -12,29 +12,18 @@ from hypothesis import strategies as st
 
 from operators.performance import EquityPoint, Metrics, Trade, equity_curves, metrics, round_trips
 from schemas.orders import Fill, Side
+from tests import stubs
 
-_seq = itertools.count()
 B, S = Side.BUY, Side.SELL
 
 
-def fill(side: Side, qty: int, price: float, ts: int, *, strategy: str = "s1", instrument: str = "NSE:A",
-         charges: float = 0.0) -> Fill:  # fmt: skip
-    n = next(_seq)
-    return Fill(
-        venue="sim",
-        trade_id=f"t{n}",
-        client_order_id=f"c{n}",
-        venue_order_id="v",
-        account="acc",
-        strategy=strategy,
-        instrument=instrument,
-        side=side,
-        qty=qty,
-        price=price,
-        ts_event=ts,
-        ts_init=ts,
-        charges=charges,
-    )
+def fill(side: Side, qty: int, price: float, ts: int, **kw: Any) -> Fill:
+    """A fill of strategy s1 in NSE:A at ``ts`` (fresh trade and order ids)."""
+    n = next(_ids)
+    return stubs.fill(side, qty, price, ts=ts, **{"instrument": "NSE:A", "client_order_id": f"c{n}", **kw})
+
+
+_ids = itertools.count()
 
 
 def near(x: float) -> Any:

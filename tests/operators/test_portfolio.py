@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -12,27 +13,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from operators.portfolio import PnL, PositionBook
 from schemas.orders import Fill, Side
+from tests import stubs
 
-_seq = iter(range(10**9))
 
-
-def fill(side: Side, qty: int, price: float, *, strategy: str = "s1", instrument: str = "NSE:INFY",
-         charges: float = 0.0, trade_id: str | None = None, ts: int = 1) -> Fill:  # fmt: skip
-    return Fill(
-        venue="sim",
-        trade_id=trade_id or f"t{next(_seq)}",
-        client_order_id="c",
-        venue_order_id="v",
-        account="acc",
-        strategy=strategy,
-        instrument=instrument,
-        side=side,
-        qty=qty,
-        price=price,
-        ts_event=ts,
-        ts_init=ts,
-        charges=charges,
-    )
+def fill(side: Side, qty: int, price: float, **kw: Any) -> Fill:
+    return stubs.fill(side, qty, price, **{"instrument": "NSE:INFY", **kw})
 
 
 B, S = Side.BUY, Side.SELL
