@@ -38,9 +38,7 @@ from operators.candles import DAY_NS, IST_OFFSET_NS, parse_timeframe, session_bo
 from schemas.market import Candle, Tick
 
 TICK_COLUMNS = ("timestamp", "instrument", "price", "quantity")
-TICK_OPTIONAL = ("volume", "oi", "bid", "ask")
 CANDLE_COLUMNS = ("timestamp", "instrument", "open", "high", "low", "close", "volume")
-CANDLE_OPTIONAL = ("oi",)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
