@@ -1,7 +1,7 @@
 """The trading half of the pipeline: strategy decisions and ticks into the account's desk.
 
     decisions (Decided targets, PriceRun, StrategyError; each instrument's own order)
-    + desk commands (Halt, Resume, ManualOrder, DisableStrategy)  ─ keyed by account ─▶ desk
+    + desk commands (Halt, Resume, manual orders, ClosePosition, DisableStrategy)  ─ keyed by account ─▶ desk
     → ord.intents, ord.updates, ord.fills, pf.positions, risk.events
 
 One :class:`~operators.desk.TradingDesk` per account, on one worker (cross-instrument risk
@@ -36,7 +36,15 @@ from operators.risk import RiskConfig
 from operators.stops import StopConfig
 from operators.venue import SimVenue
 from schemas.codec import encode
-from schemas.control import DisableStrategy, Halt, ManualOrder, Resume
+from schemas.control import (
+    CancelManualOrder,
+    ClosePosition,
+    DisableStrategy,
+    Halt,
+    ManualOrder,
+    ModifyManualOrder,
+    Resume,
+)
 from schemas.market import Instrument
 from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position
 from schemas.risk import RiskRejected, StopAlert, TradingState, TradingStateChanged
@@ -55,7 +63,7 @@ DECISION_LATENCY = Histogram(
     "desk's order intents for the decision it triggered",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-DESK_COMMANDS = (Halt, Resume, ManualOrder, DisableStrategy)
+DESK_COMMANDS = (Halt, Resume, ManualOrder, CancelManualOrder, ModifyManualOrder, ClosePosition, DisableStrategy)
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,7 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         items: list[tuple[int, int, str, Any, Any]] = []
         runs = [v for _, v in values if type(v) is PriceRun]
         involved = {v.target.instrument for _, v in values if type(v) is Decided}
-        involved.update(v.instrument for _, v in values if type(v) is ManualOrder)
+        involved.update(v.instrument for _, v in values if type(v) in (ManualOrder, ClosePosition))
         due = desk.next_wake()
         # An instrument the desk has nothing in (no position, order or stop) needs only its
         # latest price - unless timed work falls due inside this batch, which its ticks' times

@@ -16,8 +16,10 @@ happened, in order:
 * a **tick** first fills or triggers resting orders at the venue, then marks positions (loss
   limits, square-off, throttle queue) and then lets the stop manager watch the price;
 * **commands**: ``Halt`` and ``Resume`` (kill switch), ``ManualOrder`` (through the same
-  gate), ``DisableStrategy(flatten=True)`` (a flat target for every open position of that
-  strategy). Enable/disable/configure themselves are applied where the strategies run.
+  gate) and its ``CancelManualOrder`` / ``ModifyManualOrder`` (cancel-replace),
+  ``ClosePosition`` (a flat target for one position), ``DisableStrategy(flatten=True)`` (a
+  flat target for every open position of that strategy). Enable/disable/configure themselves
+  are applied where the strategies run.
 
 Everything is pure and deterministic: time comes in as ``now``; in replay it is the event
 time of the input, live it is the wall clock. With ``venue=None`` (a live broker) the desk
@@ -54,7 +56,7 @@ from typing import Any
 from operators.risk import RiskConfig, RiskGate
 from operators.stops import StopConfig, StopManager
 from operators.venue import SimVenue
-from schemas.control import DisableStrategy, Halt, ManualOrder, Resume
+from schemas.control import CancelManualOrder, ClosePosition, DisableStrategy, Halt, ManualOrder, ModifyManualOrder, Resume
 from schemas.market import Instrument, Tick
 from schemas.orders import CancelOrder, Fill, OrderIntent, OrderPurpose, OrderUpdate, TargetPosition
 
@@ -113,6 +115,13 @@ class TradingDesk:
             self._run(gate.resume(cmd, now), now, out)
         elif type(cmd) is ManualOrder:
             self._run(gate.on_manual(cmd, self.gate.book.last_price(cmd.instrument), now), now, out)
+        elif type(cmd) is CancelManualOrder:
+            self._run(gate.cancel_manual(cmd, now), now, out)
+        elif type(cmd) is ModifyManualOrder:
+            inst = gate.manual_instrument(cmd.client_order_id)
+            self._run(gate.modify_manual(cmd, gate.book.last_price(inst) if inst else None, now), now, out)
+        elif type(cmd) is ClosePosition:
+            self._run(gate.close_position(cmd, gate.book.last_price(cmd.instrument), now), now, out)
         elif type(cmd) is DisableStrategy and cmd.flatten:
             for p in gate.book.positions():
                 if p.strategy == cmd.strategy and p.qty != 0:

@@ -125,7 +125,7 @@ import msgspec
 
 from operators.candles import DAY_NS, IST_OFFSET_NS, SESSION_CLOSE_NS, SESSION_OPEN_NS
 from operators.portfolio import Key, PositionBook
-from schemas.control import Halt, ManualOrder, Resume
+from schemas.control import CancelManualOrder, ClosePosition, Halt, ManualOrder, ModifyManualOrder, Resume
 from schemas.market import Instrument
 from schemas.orders import (
     CancelOrder,
@@ -176,6 +176,8 @@ class Reason(enum.StrEnum):
     SUPERSEDED = "SUPERSEDED"  # a queued entry withdrawn because a newer target wants less
     FLATTEN_FAILED = "FLATTEN_FAILED"  # max_flatten_attempts exits rejected or cancelled
     OVERFILL = "OVERFILL"  # a fill beyond the order's qty (state-change cause)
+    ORDER_NOT_WORKING = "ORDER_NOT_WORKING"  # cancel/modify of an order that is not a working operator order
+    OPERATOR_CANCEL = "OPERATOR_CANCEL"  # a queued operator order withdrawn before it was sent
 
 
 class RiskConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -305,6 +307,7 @@ class RiskGate:
         self._signals: dict[str, tuple[str, str, int, float | None]] = {}
         self._ids: set[str] = set()
         self._commands: set[str] = set()
+        self._manual: dict[str, OrderIntent] = {}  # operator orders of the day, for cancel / modify
         self._locked: dict[str, str] = {}  # strategy -> flatten scope, until the next day
         self._flatten_all: str | None = None  # scope while HALTED
         self._sq_scope: str | None = None  # scope after square-off (MIS only)
@@ -398,16 +401,116 @@ class RiskGate:
         self._own(cmd.account)
         out: list[RiskOutput] = []
         self._advance(now, out)
-        if cmd.command_id in self._commands:
-            self.duplicates += 1
+        if self._seen(cmd.command_id):
             return out
-        self._commands.add(cmd.command_id)
+        self._place_manual(cmd, price, now, out)
+        self._update_wake(now)
+        return out
+
+    def cancel_manual(self, cmd: CancelManualOrder, now: int) -> list[RiskOutput]:
+        """Withdraw a working operator order: a queued one never leaves (``OPERATOR_CANCEL``), a
+        sent one gets a :class:`CancelOrder`."""
+        self._own(cmd.account)
+        out: list[RiskOutput] = []
+        self._advance(now, out)
+        if not self._seen(cmd.command_id):
+            w = self._manual_working(cmd.client_order_id, cmd, now, out)
+            if w is not None:
+                self._withdraw(cmd.client_order_id, w, f"cancelled by {cmd.issued_by} ({cmd.command_id})", now, out)
+        self._update_wake(now)
+        return out
+
+    def modify_manual(self, cmd: ModifyManualOrder, price: float | None, now: int) -> list[RiskOutput]:
+        """Cancel and replace a working operator order. The replacement (the old order with the
+        new qty / price / trigger) passes every check of a new manual order, as if the old one
+        were gone; if the old order fills before its cancel lands, both execute - as at any
+        venue without a native modify."""
+        self._own(cmd.account)
+        out: list[RiskOutput] = []
+        self._advance(now, out)
+        if not self._seen(cmd.command_id):
+            coid = cmd.client_order_id
+            w = self._manual_working(coid, cmd, now, out)
+            if w is not None:
+                old = self._manual[coid]
+                new = ManualOrder(
+                    command_id=cmd.command_id, account=cmd.account, issued_by=cmd.issued_by, ts_event=cmd.ts_event,
+                    ts_init=cmd.ts_init, instrument=old.instrument, side=old.side,
+                    qty=cmd.qty if cmd.qty is not None else w.remaining, order_type=old.order_type,
+                    product=old.product, price=cmd.price if cmd.price is not None else old.price,
+                    trigger_price=cmd.trigger_price if cmd.trigger_price is not None else old.trigger_price,
+                )  # fmt: skip
+                self._withdraw(coid, w, f"replaced by {cmd.command_id}", now, out)
+                hidden = self._working.pop(coid, None)  # checked as if gone; kept for its fills and final update
+                try:
+                    self._place_manual(new, price, now, out)
+                finally:
+                    if hidden is not None:
+                        self._working[coid] = hidden
+        self._update_wake(now)
+        return out
+
+    def close_position(self, cmd: ClosePosition, price: float | None, now: int) -> list[RiskOutput]:
+        """Flatten one (strategy, instrument) position: a flat target through the gate."""
+        self._own(cmd.account)
+        out: list[RiskOutput] = []
+        self._advance(now, out)
+        if self._seen(cmd.command_id):
+            return out
+        if self.book.qty(cmd.strategy, cmd.instrument) == 0:
+            detail = f"no open position of {cmd.strategy} in {cmd.instrument}"
+            out.append(self._rejected(cmd.strategy, cmd.instrument, Reason.EXCEEDS_POSITION, detail, cmd.ts_event, now,
+                                      cmd.command_id))  # fmt: skip
+            return out
+        flat = TargetPosition(strategy=cmd.strategy, account=self.account, instrument=cmd.instrument, target_qty=0,
+                              ts_event=now, ts_init=now, signal_id=cmd.command_id,
+                              reason=f"closed by {cmd.issued_by}")  # fmt: skip
+        out.extend(self.on_target(flat, price, now))
+        return out
+
+    def manual_instrument(self, coid: str) -> str | None:
+        """The instrument of operator order ``coid`` (None when unknown)."""
+        o = self._manual.get(coid)
+        return o.instrument if o is not None else None
+
+    def _seen(self, command_id: str) -> bool:
+        """True for a command already applied (counted as a duplicate); records it otherwise."""
+        if command_id in self._commands:
+            self.duplicates += 1
+            return True
+        self._commands.add(command_id)
+        return False
+
+    def _manual_working(self, coid: str, cmd: CancelManualOrder | ModifyManualOrder, now: int,
+                        out: list[RiskOutput]) -> _Order | None:  # fmt: skip
+        """The working operator order ``coid`` (not already being cancelled), or None and a rejection."""
+        w = self._working.get(coid)
+        if w is None or coid not in self._manual or not w.remaining or w.cancel_sent:
+            why = "is being cancelled" if w is not None and w.cancel_sent else "is not a working operator order"
+            out.append(self._rejected(MANUAL_STRATEGY, w.instrument if w else "", Reason.ORDER_NOT_WORKING,
+                                      f"{coid} {why}", cmd.ts_event, now, cmd.command_id, coid))  # fmt: skip
+            return None
+        return w
+
+    def _withdraw(self, coid: str, w: _Order, reason: str, now: int, out: list[RiskOutput]) -> None:
+        if w.sent:
+            w.cancel_sent = True
+            cancel = CancelOrder(client_order_id=coid, account=self.account, instrument=w.instrument, ts_event=now,
+                                 ts_init=now, reason=reason)  # fmt: skip
+            self._submit(cancel, _CANCEL, now, out)
+            return
+        for q in self._queues:
+            for item in q:
+                if type(item[1]) is OrderIntent and item[1].client_order_id == coid:
+                    q.remove(item)
+                    self._drop(item[1], Reason.OPERATOR_CANCEL, reason, now, out)
+                    return
+
+    def _place_manual(self, cmd: ManualOrder, price: float | None, now: int, out: list[RiskOutput]) -> None:
         key = (MANUAL_STRATEGY, cmd.instrument)
 
-        def reject(code: Reason, detail: str) -> list[RiskOutput]:
+        def reject(code: Reason, detail: str) -> None:
             out.append(self._rejected(MANUAL_STRATEGY, cmd.instrument, code, detail, cmd.ts_event, now, cmd.command_id))
-            self._update_wake(now)
-            return out
 
         inst = self._signal_checks(cmd.instrument, cmd.ts_event, now)
         if isinstance(inst, tuple):
@@ -429,8 +532,7 @@ class RiskGate:
             if code2 is not None:
                 return reject(code2, detail2)
         self._product[key] = cmd.product
-        sizes = _chunks(qty, inst)
-        for leg, q in enumerate(sizes):
+        for leg, q in enumerate(_chunks(qty, inst)):
             intent = OrderIntent(
                 client_order_id=client_order_id("MN", self.account, cmd.command_id, leg),
                 account=self.account,
@@ -448,9 +550,9 @@ class RiskGate:
                 reason=f"manual by {cmd.issued_by}",
                 purpose=OrderPurpose.MANUAL,
             )
+            self._manual[intent.client_order_id] = intent
             self._emit(intent, _EXIT if reducing else _ENTRY, now, out)
-        self._update_wake(now)
-        return out
+        return None
 
     def on_intent(self, intent: OrderIntent, now: int) -> list[RiskOutput]:
         """A reducing order made elsewhere (the stop-loss manager's EXIT / STOP / STOP_EXIT).
@@ -982,6 +1084,7 @@ class RiskGate:
         self.book.start_day()
         self._signals.clear()
         self._ids = set(self._working)
+        self._manual = {coid: o for coid, o in self._manual.items() if coid in self._working}
         self._locked.clear()
         self._sq_scope = None
         self._attempts.clear()

@@ -57,4 +57,38 @@ class ManualOrder(_Command, tag=True, frozen=True, kw_only=True):
     trigger_price: float | None = None
 
 
-Control = EnableStrategy | DisableStrategy | ConfigureStrategy | Halt | Resume | ManualOrder
+class CancelManualOrder(_Command, tag=True, frozen=True, kw_only=True):
+    """Cancel a working operator order (strategy orders are the engine's: disable the strategy
+    with ``flatten`` or halt instead)."""
+
+    client_order_id: str
+
+
+class ModifyManualOrder(_Command, tag=True, frozen=True, kw_only=True):
+    """Change a working operator order: cancel and replace (the replacement passes the gate
+    like a new manual order; ``None`` keeps the old value)."""
+
+    client_order_id: str
+    qty: int | None = None
+    price: float | None = None
+    trigger_price: float | None = None
+
+
+class ClosePosition(_Command, tag=True, frozen=True, kw_only=True):
+    """Flatten one (strategy, instrument) position with a market exit through the gate."""
+
+    strategy: str
+    instrument: str
+
+
+Control = (
+    EnableStrategy
+    | DisableStrategy
+    | ConfigureStrategy
+    | Halt
+    | Resume
+    | ManualOrder
+    | CancelManualOrder
+    | ModifyManualOrder
+    | ClosePosition
+)

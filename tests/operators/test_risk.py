@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from operators.risk import MANUAL_STRATEGY, Reason, RiskConfig, RiskGate, RiskOutput, client_order_id
-from schemas.control import Halt, ManualOrder, Resume
+from schemas.control import CancelManualOrder, ClosePosition, Halt, ManualOrder, ModifyManualOrder, Resume
 from schemas.market import InstrumentType
 from schemas.orders import (
     MAX_CLIENT_ORDER_ID,
@@ -243,7 +243,8 @@ def test_each_check_rejects_with_its_reason_code(code: Reason, cfg: dict[str, An
 
 
 def test_the_table_covers_every_rejection_code() -> None:
-    elsewhere = {Reason.UNSUPPORTED, Reason.SUPERSEDED, Reason.FLATTEN_FAILED, Reason.OVERFILL}  # tests below
+    elsewhere = {Reason.UNSUPPORTED, Reason.SUPERSEDED, Reason.FLATTEN_FAILED, Reason.OVERFILL,  # tests below
+                 Reason.ORDER_NOT_WORKING, Reason.OPERATOR_CANCEL}  # fmt: skip
     assert {code for code, _, _ in REJECTIONS} == set(Reason) - elsewhere
 
 
@@ -387,6 +388,70 @@ def test_manual_orders() -> None:
     out = g.on_manual(manual(S, 75, instrument="NFO:NIFTYFUT"), None, NOW)  # reducing: passes REDUCING, needs no price
     assert legs(out) == [(S, 75, OrderPurpose.MANUAL)]
     assert codes(g.on_manual(manual(B, 75, instrument="NFO:NIFTYFUT"), 24_000.0, NOW)) == [Reason.REDUCING]
+
+
+def _cmd(kind: type, **kw: Any) -> Any:
+    return kind(command_id=f"c{next(_ids)}", account="acc", issued_by="ops", ts_event=NOW, ts_init=NOW, **kw)
+
+
+def test_operator_cancel_of_sent_and_queued_orders() -> None:
+    g = gate(orders_per_second=1, max_queue_delay_ns=10 * SEC)
+    [sent] = intents(g.on_manual(manual(B, 5, order_type=OrderType.LIMIT, price=1499.0), 1500.0, NOW))
+    out = g.on_manual(manual(B, 2, order_type=OrderType.LIMIT, price=1498.0), 1500.0, NOW)
+    assert out == []  # throttled: queued
+    queued_id = client_order_id("MN", "acc", f"m{next(_ids) - 1}", 0)
+    cancel = _cmd(CancelManualOrder, client_order_id=sent.client_order_id)
+    out = g.cancel_manual(cancel, NOW)
+    assert out == []  # the cancel is throttled too: queued ahead of entries
+    [c] = [o for o in g.release(NOW + SEC) if isinstance(o, CancelOrder)]
+    assert (c.client_order_id, c.reason) == (sent.client_order_id, f"cancelled by ops ({cancel.command_id})")
+    assert g.cancel_manual(cancel, NOW + SEC) == []  # the same command again: applied once
+    out = g.cancel_manual(_cmd(CancelManualOrder, client_order_id=sent.client_order_id), NOW + SEC)
+    assert codes(out) == [Reason.ORDER_NOT_WORKING] and "is being cancelled" in out[0].detail  # type: ignore[union-attr]
+    out = g.cancel_manual(_cmd(CancelManualOrder, client_order_id=queued_id), NOW + SEC)
+    assert codes(out) == [Reason.OPERATOR_CANCEL]  # never sent: withdrawn from the queue
+    assert intents(g.release(NOW + 5 * SEC)) == []
+    g.on_order_update(update(sent, OrderStatus.CANCELLED), NOW + 2 * SEC)
+    assert not g.involves("NSE:INFY")
+
+
+def test_operator_cancel_refuses_strategy_and_unknown_orders() -> None:
+    g = gate()
+    [entry] = intents(g.on_target(target(10), 1500.0, NOW))
+    for coid in (entry.client_order_id, "MNNOSUCHORDER"):
+        out = g.cancel_manual(_cmd(CancelManualOrder, client_order_id=coid), NOW)
+        assert codes(out) == [Reason.ORDER_NOT_WORKING], out
+        assert [o.client_order_id for o in out] == [coid]  # type: ignore[union-attr]
+
+
+def test_modify_is_cancel_replace_checked_as_if_the_old_order_were_gone() -> None:
+    g = gate(max_order_qty=10)
+    [old] = intents(g.on_manual(manual(B, 10, order_type=OrderType.LIMIT, price=1490.0), 1500.0, NOW))
+    mod = _cmd(ModifyManualOrder, client_order_id=old.client_order_id, price=1495.0)
+    out = g.modify_manual(mod, 1500.0, NOW)
+    assert [type(o).__name__ for o in out] == ["CancelOrder", "OrderIntent"]
+    new = intents(out)[0]
+    assert (new.side, new.qty, new.order_type, new.price, new.purpose) == (B, 10, OrderType.LIMIT, 1495.0,
+                                                                           OrderPurpose.MANUAL)  # fmt: skip
+    assert new.client_order_id == client_order_id("MN", "acc", mod.command_id, 0)
+    assert g.modify_manual(mod, 1500.0, NOW) == []  # idempotent by command id
+    # the replacement passes the same gate: a price outside the collar is refused (and the old one was cancelled)
+    out = g.modify_manual(_cmd(ModifyManualOrder, client_order_id=new.client_order_id, price=1700.0), 1500.0, NOW)
+    assert [type(o).__name__ for o in out] == ["CancelOrder", "RiskRejected"] and codes(out) == [Reason.PRICE_COLLAR]
+    # the old order filled before its cancel landed: its fill still counts
+    g.on_fill(fill_of(old, qty=4, price=1490.0))
+    g.on_order_update(update(old, OrderStatus.CANCELLED, filled=4))
+    assert g.book.qty(MANUAL_STRATEGY, "NSE:INFY") == 4
+
+
+def test_close_position_flattens_one_key() -> None:
+    g = gate()
+    long10(g, "s1")
+    long10(g, "s2")
+    out = g.close_position(_cmd(ClosePosition, strategy="s1", instrument="NSE:INFY"), 1500.0, NOW)
+    assert legs(out) == [(S, 10, OrderPurpose.EXIT)] and intents(out)[0].strategy == "s1"
+    out = g.close_position(_cmd(ClosePosition, strategy="s3", instrument="NSE:INFY"), 1500.0, NOW)
+    assert codes(out) == [Reason.EXCEEDS_POSITION]
 
 
 def test_on_intent_caps_reducing_orders_and_refuses_entries() -> None:
