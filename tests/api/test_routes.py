@@ -21,7 +21,16 @@ from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.strategies import save_deployments
 from connectors.settings import load_settings
 from schemas.codec import codec_for
-from schemas.control import ConfigureStrategy, Control, DisableStrategy, Halt
+from schemas.control import (
+    CancelManualOrder,
+    ClosePosition,
+    ConfigureStrategy,
+    Control,
+    DisableStrategy,
+    Halt,
+    ManualOrder,
+    ModifyManualOrder,
+)
 from schemas.topics import TopicCatalog
 
 PROBLEM = "application/problem+json"
@@ -130,6 +139,53 @@ def test_strategy_commands_are_validated_and_published(
     perf = client.get("/api/strategies/ema_1/performance").json()
     assert perf == {"strategy": "ema_1", "fills": 0, "realized_pnl": 0.0, "unrealized_pnl": 0.0, "charges": 0.0,
                     "net_pnl": 0.0, "open_positions": 0, "orders": 0, "rejected_orders": 0}  # fmt: skip
+
+
+def test_manual_trading_commands(client: TestClient, kafka: KafkaClientConfig, catalog: TopicCatalog,
+                                 database_url: str) -> None:  # fmt: skip
+    """Orders and closes become desk commands (the gate decides); what cannot apply is a 4xx here."""
+    from operators.risk import client_order_id
+
+    placed = client.post("/api/orders", json={"instrument": "NSE:INFY", "side": "BUY", "qty": 5, "order_type": "LIMIT",
+                                              "price": 1490.5})  # fmt: skip
+    assert placed.status_code == 202, placed.text
+    coid = placed.json()["client_order_id"]
+    assert coid == client_order_id("MN", "paper", placed.json()["command_id"], 0)
+    assert "price" in str(_problem(client.post("/api/orders", json={"instrument": "NSE:INFY", "side": "BUY", "qty": 5,
+                                                                    "order_type": "LIMIT"}), 422)["errors"])  # fmt: skip
+    _problem(client.post("/api/orders", json={"instrument": "NSE:NOPE", "side": "BUY", "qty": 1,
+                                              "order_type": "MARKET"}), 404)  # fmt: skip
+    modified = client.put(f"/api/orders/{coid}", json={"price": 1491.0})
+    assert modified.status_code == 202, modified.text
+    _problem(client.put(f"/api/orders/{coid}", json={}), 422)
+    cancelled = client.delete(f"/api/orders/{modified.json()['client_order_id']}")
+    assert cancelled.status_code == 202, cancelled.text
+    _problem(client.delete("/api/orders/not-an-order-id"), 422)
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        iid = conn.execute("SELECT id FROM instruments WHERE symbol = 'NSE:INFY'").fetchone()[0]  # type: ignore[index]
+        for oid, strategy, status in (("MNAAAAAAAAAAAAAAAA", "ema_1", "OPEN"), ("MNBBBBBBBBBBBBBBBB", "manual", "COMPLETE")):
+            conn.execute("INSERT INTO orders (client_order_id, account, strategy_id, instrument_id, side, quantity, "
+                         "order_type, current_status) VALUES (%s, 'paper', %s, %s, 'BUY', 5, 'MARKET', %s)",
+                         (oid, strategy, iid, status))  # fmt: skip
+        pid = conn.execute("INSERT INTO positions (account, strategy_id, instrument_id, quantity, average_entry_price) "
+                           "VALUES ('paper', 'ema_1', %s, -10, 100) RETURNING id::text", (iid,)).fetchone()[0]  # type: ignore[index]  # fmt: skip
+    assert "strategy 'ema_1'" in _problem(client.delete("/api/orders/MNAAAAAAAAAAAAAAAA"), 409)["detail"]
+    assert "COMPLETE" in _problem(client.put("/api/orders/MNBBBBBBBBBBBBBBBB", json={"qty": 1}), 409)["detail"]
+    closed = client.post(f"/api/positions/{pid}/close")
+    assert closed.status_code == 202 and closed.json()["quantity"] == -10
+    _problem(client.post("/api/positions/00000000-0000-0000-0000-000000000000/close"), 404)
+
+    sent = _commands(kafka, catalog)
+    assert [type(c) for c in sent] == [ManualOrder, ModifyManualOrder, CancelManualOrder, ClosePosition]
+    order, modify, cancel, close = sent
+    assert (order.order_type, order.price, order.trigger_price, order.issued_by) == ("LIMIT", 1490.5, None, "api")
+    assert (modify.client_order_id, modify.price, modify.qty) == (coid, 1491.0, None)
+    assert cancel.client_order_id == modified.json()["client_order_id"]
+    assert (close.strategy, close.instrument, close.account) == ("ema_1", "NSE:INFY", "paper")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        audited = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE success ORDER BY id").fetchall()]
+    assert audited[-4:] == ["ManualOrder", "ModifyManualOrder", "CancelManualOrder", "ClosePosition"]
 
 
 def test_book_endpoints_answer_for_an_empty_account(client: TestClient) -> None:
