@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from api import auth, errors, security
 from api.deps import AppState
-from api.routes import backtests, market, risk, strategies
+from api.routes import backtests, market, risk, strategies, trading
 from api.ws import Hub
 from connectors.settings import Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         app.state.hub.ensure_started()
         await app.state.hub.serve(websocket)
 
-    for router in (market.router, strategies.router, risk.router, backtests.router):
+    for router in (market.router, strategies.router, risk.router, trading.router, backtests.router):
         app.include_router(router, dependencies=[Depends(auth.current_user)])
 
     checked: list[Any] = [-1e9, None]  # (when, (broker, (database, lag, trading)))
