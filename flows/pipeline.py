@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from connectors.kafka import HEARTBEAT, Record
 from operators.analytics import AnalyticsConfig, InstrumentAnalytics
@@ -51,6 +51,15 @@ _LATE = "older than the open bar: its candle already closed"
 TICKS_IGNORED = Counter("ticktape_candle_ticks_ignored_total", "Ticks not folded into candles", ["reason"])
 CANDLES_CLOSED = Counter("ticktape_candles_closed_total", "Closed candles", ["timeframe"])
 ANALYTICS_OUT = Counter("ticktape_analytics_events_total", "Analytics events published", ["kind"])
+STEP_SECONDS = Histogram(
+    "ticktape_step_batch_seconds",
+    "Live: processing time of one batch of one key in a stateful step",
+    ["step"],
+    buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+_INSTRUMENT_STEP = STEP_SECONDS.labels("instrument")
+SIGNALS = Counter("ticktape_signals_total", "Strategy decisions (target positions) published", ["strategy"])
+STRATEGY_ERRORS = Counter("ticktape_strategy_errors_total", "Strategy exceptions caught while deciding", ["strategy"])
 
 _DERIVATIVES = {InstrumentType.FUT, InstrumentType.CE, InstrumentType.PE}
 
@@ -277,6 +286,15 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
         self.last_event = 0
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self.clock is None:  # a replay is timed as a whole
+            return self._process(values)
+        t0 = time.perf_counter()
+        try:
+            return self._process(values)
+        finally:
+            _INSTRUMENT_STEP.observe(time.perf_counter() - t0)
+
+    def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         core, clock = self.core, self.clock
         if core is None:
             first = next((v for v in values if type(v) is Tick or type(v) is Candle), None)
@@ -572,8 +590,10 @@ def build_market(
                 continue
             elif kind is Decided:
                 recs.append((t_signals, ev.target.strategy, encode(ev.target)))
+                SIGNALS.labels(ev.target.strategy).inc()
             elif kind is StrategyError:
                 recs.append((t_risk, ev.strategy, encode(ev)))
+                STRATEGY_ERRORS.labels(ev.strategy).inc()
             elif kind is Reject:
                 rej = rejected(ev.topic, ev.instrument, ev.reason, ev.detail, ev.payload, ev.ts)
                 recs.append((t_dlq, ev.instrument or "", encode(rej)))

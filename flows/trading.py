@@ -20,6 +20,7 @@ dataflow hop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ import msgspec
 from bytewax.dataflow import Stream
 from prometheus_client import Counter, Gauge, Histogram
 
-from flows.pipeline import Decided, MarketClock, PriceRun, _snapshot
+from flows.pipeline import STEP_SECONDS, Decided, MarketClock, PriceRun, _snapshot
 from operators.desk import TradingDesk
 from operators.risk import RiskConfig
 from operators.stops import StopConfig
@@ -56,6 +57,8 @@ TRADING_OUT = Counter("ticktape_trading_events_total", "Events emitted by the tr
 STATE = Gauge("ticktape_trading_state", "Account trading state: 0 ACTIVE, 1 REDUCING, 2 HALTED", ["account"])
 DAY_PNL = Gauge("ticktape_day_pnl_rupees", "Account day PnL: realized + unrealized - charges", ["account"])
 OPEN_POSITIONS = Gauge("ticktape_open_positions", "Open strategy positions of the account", ["account"])
+EXPOSURE = Gauge("ticktape_gross_exposure_rupees", "Account gross exposure: sum of |qty| x last price", ["account"])
+REJECTS = Counter("ticktape_risk_rejects_total", "Risk gate rejections, by reason code", ["reason"])
 _STATE_CODE = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 DECISION_LATENCY = Histogram(
     "ticktape_decision_to_intent_seconds",
@@ -63,6 +66,7 @@ DECISION_LATENCY = Histogram(
     "desk's order intents for the decision it triggered",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+_DESK_STEP = STEP_SECONDS.labels("desk")
 DESK_COMMANDS = (Halt, Resume, ManualOrder, CancelManualOrder, ModifyManualOrder, ClosePosition, DisableStrategy)
 
 
@@ -95,6 +99,15 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         self.last_tick_wall = 0
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self.clock is None:  # a replay is timed as a whole
+            return self._process(values)
+        t0 = time.perf_counter()
+        try:
+            return self._process(values)
+        finally:
+            _DESK_STEP.observe(time.perf_counter() - t0)
+
+    def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         desk = self.desk
         if desk is None:  # Bytewax does not tell the logic its key: every value carries it
             desk = self.desk = self.factory(values[0][0])
@@ -138,6 +151,7 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         STATE.labels(account).set(_STATE_CODE[gate.state])
         DAY_PNL.labels(account).set(gate.book.day_pnl())
         OPEN_POSITIONS.labels(account).set(len(gate.book.open_keys()))
+        EXPOSURE.labels(account).set(gate.book.gross_exposure())
 
     def _merged(self, desk: TradingDesk, values: list[tuple[str, Any]], out: list[Any], market_now: int | None) -> None:
         """One batch holds runs of many instruments (each spanning the batch's market time),
@@ -285,6 +299,8 @@ def build_trading(
             kind = type(ev)
             recs.append((topics[kind], ev.account, encode(ev)))
             counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
+            if kind is RiskRejected:
+                REJECTS.labels(ev.reason_code).inc()
         for name, n in counts.items():
             TRADING_OUT.labels(name).inc(n)
         return recs

@@ -235,6 +235,10 @@ class PositionBook:
     def last_price(self, instrument: str) -> float | None:
         return self._last.get(instrument)
 
+    def gross_exposure(self) -> float:
+        """Σ |qty| × last price (the entry price before any) over open positions."""
+        return sum(abs(p.qty) * (p.last_price or p.avg_price) for held in self._held.values() for p in held)
+
     def open_keys(self) -> list[Key]:
         """(strategy, instrument) of every open position."""
         return [(p.strategy, p.instrument) for held in self._held.values() for p in held]

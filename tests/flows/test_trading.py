@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date
+from typing import Any
 
 import psycopg
 import pytest
 from bytewax.testing import run_main
+from prometheus_client import REGISTRY as REGISTRY_METRICS
 
 import strategies.builtin  # noqa: F401  (registers the built-ins)
 from connectors.brokers.universe import build_universe
@@ -47,11 +49,26 @@ def traded(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str) -
         summary_timeframes=(),
         strategies=StrategySetup(deployments=deployments),
     )
+    signals_before = {s: REGISTRY_METRICS.get_sample_value("ticktape_signals_total", {"strategy": s}) or 0.0
+                      for s in ("ema", "st")}  # fmt: skip
     run_main(live.build(kafka, catalog, universe, pipeline, tail=False, trading=TradingSetup()))
+    signals_counted = {s: (REGISTRY_METRICS.get_sample_value("ticktape_signals_total", {"strategy": s}) or 0.0) - before
+                       for s, before in signals_before.items()}  # fmt: skip
     with psycopg.connect(database_url, autocommit=True) as conn:
         upsert_instruments(conn, universe)
     run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=5000, max_age_s=0.2))
-    return {"url": database_url, "stocks": stocks}
+    return {"url": database_url, "stocks": stocks, "signals_counted": signals_counted, "kafka": kafka, "catalog": catalog}
+
+
+def test_the_flow_counts_the_signals_it_publishes(traded: dict[str, Any]) -> None:
+    from connectors.kafka import read_all
+    from schemas.codec import codec_for
+    from schemas.orders import TargetPosition
+
+    codec = codec_for(TargetPosition)
+    published = [codec.decode(v).strategy for _, v in read_all(traded["kafka"], traded["catalog"].name("sig.signals"))]
+    assert published, "the session made no signals: nothing was tested"
+    assert traded["signals_counted"] == {s: float(published.count(s)) for s in ("ema", "st")}
 
 
 def test_orders_fills_and_positions_agree(traded: dict[str, object]) -> None:
