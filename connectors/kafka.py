@@ -22,7 +22,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from connectors.settings import (
     KAFKA_FETCH_WAIT_MS,
@@ -38,6 +38,21 @@ log = logging.getLogger("ticktape.kafka")
 
 PRODUCED = Counter("ticktape_kafka_produced_total", "Records handed to the Kafka producer", ["topic"])
 CONSUMED = Counter("ticktape_kafka_consumed_total", "Records read from Kafka", ["topic"])
+LAG = Gauge(
+    "ticktape_kafka_consumer_lag",
+    "Records between a flow's read position and the partition's high watermark, from the consumer's "
+    "cached fetch metadata once a second (on the embedded Tansu broker the mark trails by up to one batch)",
+    ["topic", "partition"],
+)
+LAG_EVERY_S = 1.0
+
+
+def _report_lag(consumer: Consumer, topic: str, positions: dict[int, int]) -> None:
+    """Set the lag gauge of each partition (no network: the watermark is the last fetch's)."""
+    for p, pos in positions.items():
+        _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+        if hi is not None and hi >= 0:
+            LAG.labels(topic, str(p)).set(max(0, hi - pos))
 
 
 class KafkaUnavailable(RuntimeError):
@@ -327,10 +342,14 @@ class _RecordPartition(StatefulSourcePartition[Record, int]):
         self._eof = False
         self._last_emit = time.monotonic()
         self._counter = CONSUMED.labels(topic)
+        self._lag_due = 0.0
 
     def next_batch(self) -> list[Record]:
         if self._eof or STOP.is_set():
             raise StopIteration
+        if self._tail and time.monotonic() >= self._lag_due:
+            self._lag_due = time.monotonic() + LAG_EVERY_S
+            _report_lag(self._consumer, self._topic, {self._partition: self._offset})
         msgs = self._consumer.consume(self._batch_size, 0.0)
         out: list[Record] = []
         # tuple.__new__ skips the NamedTuple's Python-level constructor (a third of the cost).
@@ -398,10 +417,14 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         self._end_since: dict[int, float] = {}  # partition -> monotonic time it caught up
         self._idle_s = idle_s
         self._counter = CONSUMED.labels(topic)
+        self._lag_due = 0.0
 
     def next_batch(self) -> list[Record]:
         if STOP.is_set():
             raise StopIteration
+        if self._tail and time.monotonic() >= self._lag_due:
+            self._lag_due = time.monotonic() + LAG_EVERY_S
+            _report_lag(self._consumer, self._topic, self._offsets)
         buffers, ts_of, at_end, highs = self._buffers, self._ts_of, self._at_end, self._highs
         for m in self._consumer.consume(self._batch_size, 0.02):
             err, p, offset = m.error(), int(m.partition() or 0), int(m.offset() or 0)

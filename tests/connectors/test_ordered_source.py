@@ -96,3 +96,30 @@ def test_end_offsets_and_last_values_read_the_log_not_the_batch_watermark(
     assert p.flush(10) == 0
     assert end_offsets(kafka, topic) == {(topic, 0): 25, (topic, 1): 0, (topic, 2): 0, (topic, 3): 0}
     assert [_ts(v) for v in last_values(kafka, topic)] == [24]
+
+
+def test_a_tailing_source_reports_its_consumer_lag(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from connectors.kafka import LAG_EVERY_S, RecordSource
+
+    topic = catalog.name("md.ticks")
+    p = Producer(kafka.producer(**{"linger.ms": 0}))
+    for k in range(30):  # one batch each: the embedded broker's high watermark is per batch
+        p.produce(topic, json.dumps({"ts": k}).encode(), partition=1)
+        assert p.flush(10) == 0
+    part = RecordSource(kafka, [topic], batch_size=10, tail=True).build_part("in", f"1@{topic}", None)
+    try:
+        read = 0
+        deadline = time.monotonic() + 30
+        while read < 10 and time.monotonic() < deadline:
+            read += len(part.next_batch())
+        assert read == 10
+        time.sleep(LAG_EVERY_S + 0.1)
+        part.next_batch()  # reports the lag at the position before this batch
+        lag = REGISTRY.get_sample_value("ticktape_kafka_consumer_lag", {"topic": topic, "partition": "1"})
+        assert lag == 30 - read, lag
+    finally:
+        part.close()
