@@ -20,6 +20,8 @@ topic at start: what was decided earlier is in the strategies and trading_state 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,7 +35,7 @@ from bytewax.dataflow import Dataflow, Stream
 from connectors.history import stored_candle
 from connectors.kafka import HEARTBEAT, KafkaClientConfig, OrderedSource, ProducerSink, Record, RecordSource
 from flows.pipeline import MarketClock, PipelineConfig, build_market, strategy_commands
-from flows.trading import TradingSetup, build_trading
+from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
 from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
@@ -130,6 +132,8 @@ def build(
     streams = build_market(ticks, universe, catalog, cfg, strategy_cmds)
     outputs = [streams.records]
     if trading is not None:
+        if cfg.clock is not None and trading.published is None:
+            trading = dataclasses.replace(trading, published=functools.partial(read_published, client, catalog))
         outputs.append(build_trading(streams.decisions, desk_cmds, universe, catalog, trading, cfg.clock,
                                      recovery=cfg.recovery))  # fmt: skip
     if dlq is not None:

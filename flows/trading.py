@@ -31,12 +31,14 @@ import msgspec
 from bytewax.dataflow import Stream
 from prometheus_client import Counter, Gauge, Histogram
 
+from connectors.kafka import KafkaClientConfig, read_all
 from flows.pipeline import STEP_SECONDS, Decided, MarketClock, PriceRun, _snapshot
+from operators.candles import DAY_NS, IST_OFFSET_NS
 from operators.desk import TradingDesk
 from operators.risk import RiskConfig
 from operators.stops import StopConfig
 from operators.venue import SimVenue
-from schemas.codec import encode
+from schemas.codec import codec_for, encode
 from schemas.control import (
     CancelManualOrder,
     ClosePosition,
@@ -47,7 +49,7 @@ from schemas.control import (
     Resume,
 )
 from schemas.market import Instrument
-from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position
+from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position, VenueRequest
 from schemas.risk import RiskRejected, StopAlert, TradingState, TradingStateChanged
 from schemas.topics import TopicCatalog
 
@@ -80,6 +82,9 @@ class TradingSetup:
     paper: bool = True  # fills from the simulated venue, in the flow; False: a broker's execution flow
     venue: Callable[[dict[str, Instrument]], SimVenue] = SimVenue
     halted: frozenset[str] = frozenset()  # accounts whose persisted state is HALTED at start
+    # Live: (account, since_ns) -> that account's intents, cancels, updates and fills published
+    # since then (read_published); a desk takes them back before its first batch (TradingDesk.restore).
+    published: Callable[[str, int], Iterable[Any]] | None = None
 
 
 def _order(item: tuple[int, int, str, Any, Any]) -> tuple[int, int, str, Any]:
@@ -93,10 +98,12 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         factory: Callable[[str], TradingDesk],
         clock: MarketClock | None,
         recovery: bool,
+        published: Callable[[str, int], Iterable[Any]] | None = None,
     ) -> None:
         self.desk, self.factory, self.clock, self.recovery = desk, factory, clock, recovery
         self.last_event = 0
         self.last_tick_wall = 0
+        self.published = published if clock is not None else None  # taken back once, live only
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self.clock is None:  # a replay is timed as a whole
@@ -113,6 +120,8 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
             desk = self.desk = self.factory(values[0][0])
         clock = self.clock
         out: list[Any] = []
+        if self.published is not None and clock is not None and clock.market_now():
+            self._restore(desk, clock.market_now(), out)
         if clock is not None and any(type(v) is PriceRun for _, v in values):
             self.last_tick_wall = clock.wall()
         self._merged(desk, values, out, None if clock is None else clock.market_now())
@@ -122,6 +131,16 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
                 desk.on_timer(self.last_event, out)
         self._report(desk)
         return out, op.StatefulBatchLogic.RETAIN
+
+    def _restore(self, desk: TradingDesk, market_now: int, out: list[Any]) -> None:
+        """Before the first live batch of this process: what the desk published today but its
+        state (a snapshot, or nothing) does not hold comes back in (:meth:`TradingDesk.restore`)."""
+        published, self.published = self.published, None
+        assert published is not None
+        day_start = (market_now + IST_OFFSET_NS) // DAY_NS * DAY_NS - IST_OFFSET_NS
+        taken = desk.restore(published(desk.account, day_start), market_now, out)
+        if taken:
+            log.warning("desk %s: took back %d published order events its state did not hold", desk.account, taken)
 
     def _live_command(self, desk: TradingDesk, cmd: Any, market_now: int, out: list[Any]) -> Any:
         """A live command, re-stamped to market time - the desk's clock, which on the simulator is
@@ -226,6 +245,19 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         return _snapshot(self.desk, self.recovery)  # type: ignore[no-any-return]
 
 
+def read_published(client: KafkaClientConfig, catalog: TopicCatalog, account: str, since_ns: int) -> list[Any]:
+    """``account``'s intents and cancels, order updates and fills with event time from
+    ``since_ns`` on, in that order, each topic in log order (one account is one partition)."""
+    out: list[Any] = []
+    for topic, kind in (("ord.intents", VenueRequest), ("ord.updates", OrderUpdate), ("ord.fills", Fill)):
+        decode = codec_for(kind).decode
+        for _p, value in read_all(client, catalog.name(topic)):
+            ev = decode(value)
+            if ev.account == account and ev.ts_event >= since_ns:
+                out.append(ev)
+    return out
+
+
 def _desk_command(c: Any) -> tuple[str, tuple[str, Any]] | None:
     return (c.account, (c.account, c)) if type(c) in DESK_COMMANDS else None
 
@@ -275,7 +307,7 @@ def build_trading(
     if commands is not None:
         desk_cmds = op.filter_map("desk_commands", commands, _desk_command)
         keyed = op.merge("desk_in", keyed, desk_cmds)
-    desks = op.stateful_batch("desk", keyed, lambda resume: DeskLogic(resume, factory, clock, recovery))
+    desks = op.stateful_batch("desk", keyed, lambda resume: DeskLogic(resume, factory, clock, recovery, setup.published))
     events = op.key_rm("unkey_desk", desks)
 
     t_intents, t_updates = catalog.name("ord.intents"), catalog.name("ord.updates")

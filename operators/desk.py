@@ -147,6 +147,57 @@ class TradingDesk:
         now = self.now = max(now, self.now)
         self._run(self.gate.release(now), now, out)
 
+    def restore(self, published: Iterable[Any], now: int, out: list[Any]) -> int:
+        """Take back what this desk already told the world but its state does not hold - after a
+        restart from a snapshot older than its last outputs, or from nothing: the day's published
+        intents, cancels, order updates and fills (each topic in log order). Positions, working
+        orders and stops then agree with the record, so the catch-up neither loses a fill nor
+        trades a signal twice (a target is a position, and the position is back). The venue takes
+        back its orders too (a working one is worked from now on, a cancel asked for is done, a
+        final update lost with the crash is stated again). Returns how
+        many events were taken back; what they cause (positions, follow-up orders) goes to ``out``."""
+        now = self.now = max(now, self.now)
+        gate, stops, venue = self.gate, self.stops, self.venue
+        self._run(gate.release(now), now, out)  # the gate is in today's session before it takes anything
+        events = list(published)
+        settled = {e.client_order_id for e in events if type(e) is OrderUpdate and e.status.terminal}
+        taken, adopted = 0, []
+        for e in events:
+            kind = type(e)
+            if (kind is OrderIntent or kind is CancelOrder) and gate.adopt(e):
+                taken += 1
+                if kind is OrderIntent:
+                    stops.on_intent(e)
+                    adopted.append(e)
+        for e in events:
+            kind = type(e)
+            if kind is Fill and not gate.book.has_fill(e):
+                follow, stop_orders = gate.on_fill(e, now), stops.on_fill(e)
+            elif kind is OrderUpdate and e.status.terminal and gate.unsettled(e.client_order_id):
+                follow, stop_orders = gate.on_order_update(e, now), stops.on_order_update(e)
+            else:
+                continue
+            taken += 1
+            self._run(follow, now, out)
+            self._stop_orders(stop_orders, now, self._work)
+            self._run((), now, out)
+            state = venue.absorb(e) if venue is not None else None
+            if state is not None and state.status.terminal and state.client_order_id not in settled:
+                self._run((state,), now, out)  # its fill was published, its final update was not
+        if venue is not None:  # what the venue was asked but its state does not show
+            finals = {e.client_order_id: e for e in events if type(e) is OrderUpdate and e.status.terminal}
+            fills: dict[str, list[Fill]] = {}
+            for e in events:
+                if type(e) is Fill:
+                    fills.setdefault(e.client_order_id, []).append(e)
+            for o in adopted:
+                coid = o.client_order_id
+                self._run(venue.take_back(o, fills.get(coid, []), finals.get(coid), now), now, out)
+            for e in events:
+                if type(e) is CancelOrder and e.client_order_id not in settled:
+                    self._run(venue.cancel(e, now), now, out)
+        return taken
+
     def watching(self, instrument: str) -> bool:
         """True when every tick of ``instrument`` matters here (a position, a working order or
         an armed stop); otherwise only its latest price does."""

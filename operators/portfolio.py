@@ -160,7 +160,9 @@ class PositionBook:
                 p.avg_price = px
         p.qty = new
         p.last_price = self._last.get(fill.instrument, px)
-        p.ts_event, p.ts_init = fill.ts_event, fill.ts_init
+        # A position's time never runs backwards: after a restart the fills taken back from the
+        # record can be newer than those of the catch-up, and the newest position must stay last.
+        p.ts_event, p.ts_init = max(p.ts_event, fill.ts_event), max(p.ts_init, fill.ts_init)
         p.unrealized = new * (p.last_price - p.avg_price)
         if (q == 0) != (new == 0):
             self._reindex(fill.instrument)

@@ -308,6 +308,7 @@ class RiskGate:
         self._ids: set[str] = set()
         self._commands: set[str] = set()
         self._manual: dict[str, OrderIntent] = {}  # operator orders of the day, for cancel / modify
+        self._adopted: set[str] = set()  # taken back from the published record (adopt)
         self._locked: dict[str, str] = {}  # strategy -> flatten scope, until the next day
         self._flatten_all: str | None = None  # scope while HALTED
         self._sq_scope: str | None = None  # scope after square-off (MIS only)
@@ -468,6 +469,37 @@ class RiskGate:
         out.extend(self.on_target(flat, price, now))
         return out
 
+    def adopt(self, item: OrderIntent | CancelOrder) -> bool:
+        """Take back an intent or cancel this gate issued but its state does not hold (a restart
+        from an older snapshot): the order is working and sent, and counts toward exposure, the
+        day's order count and the duplicate check. False when it is already known."""
+        self._own(item.account)
+        coid = item.client_order_id
+        if type(item) is CancelOrder:
+            w = self._working.get(coid)
+            if w is None or w.cancel_sent:
+                return False
+            w.cancel_sent = True
+            return True
+        assert type(item) is OrderIntent
+        if coid in self._ids:
+            return False
+        self._ids.add(coid)
+        self._adopted.add(coid)
+        w = self._working[coid] = _Order(item)
+        w.sent = True
+        self._orders_today += 1
+        if item.purpose is OrderPurpose.MANUAL:
+            self._manual[coid] = item
+        if item.purpose in (OrderPurpose.ENTRY, OrderPurpose.MANUAL):
+            self._product[item.strategy, item.instrument] = item.product
+        return True
+
+    def unsettled(self, coid: str) -> bool:
+        """True while ``coid`` is working with no terminal update yet."""
+        w = self._working.get(coid)
+        return w is not None and w.final is None
+
     def manual_instrument(self, coid: str) -> str | None:
         """The instrument of operator order ``coid`` (None when unknown)."""
         o = self._manual.get(coid)
@@ -571,6 +603,9 @@ class RiskGate:
             self._update_wake(now)
             return out
 
+        if intent.client_order_id in self._adopted:  # made again after a restart: it is already out there
+            self.duplicates += 1
+            return out
         if intent.client_order_id in self._ids:
             return reject(Reason.DUPLICATE, f"client_order_id {intent.client_order_id!r} was already issued")
         if intent.purpose not in (OrderPurpose.EXIT, OrderPurpose.STOP, OrderPurpose.STOP_EXIT):
@@ -746,6 +781,9 @@ class RiskGate:
         return leg
 
     def _emit(self, o: OrderIntent, prio: int, now: int, out: list[RiskOutput]) -> None:
+        if o.client_order_id in self._adopted:  # made again after a restart: it is already out there
+            self.duplicates += 1
+            return
         if o.client_order_id in self._ids:
             detail = f"client_order_id {o.client_order_id!r} was already issued"
             out.append(self._rejected(o.strategy, o.instrument, Reason.DUPLICATE, detail, o.ts_event, now,
@@ -1084,6 +1122,7 @@ class RiskGate:
         self.book.start_day()
         self._signals.clear()
         self._ids = set(self._working)
+        self._adopted &= self._ids
         self._manual = {coid: o for coid, o in self._manual.items() if coid in self._working}
         self._locked.clear()
         self._sq_scope = None

@@ -266,18 +266,7 @@ class SimVenue:
             order = _Order(intent, vid, _S.REJECTED, now, now, reason)
             self._orders[intent.client_order_id] = order
             return [self._update(order)]
-        kind = intent.order_type
-        triggered = kind in (OrderType.MARKET, OrderType.LIMIT)
-        order = _Order(intent, vid, _S.OPEN if triggered else _S.TRIGGER_PENDING, now, now)
-        order.buy = intent.side is Side.BUY
-        order.limit = None if kind in (OrderType.MARKET, OrderType.SL_M) else intent.price
-        if not triggered:
-            assert intent.trigger_price is not None
-            order.trigger = intent.trigger_price
-        if kind is OrderType.GTT and book.ltp is not None:
-            order.fire_up = order.trigger >= book.ltp
-        else:
-            order.fire_up = order.buy
+        order = self._new_order(intent, vid, book, now)
         self._orders[intent.client_order_id] = order
         book.working.append(order)
         out: list[VenueEvent] = [self._update(order)]
@@ -299,6 +288,65 @@ class SimVenue:
         order.reason = req.reason or "cancelled"
         self._books[order.intent.instrument].working.remove(order)
         return [self._update(order)]
+
+    def _new_order(self, intent: OrderIntent, vid: str, book: _Book, now: int) -> _Order:
+        kind = intent.order_type
+        triggered = kind in (OrderType.MARKET, OrderType.LIMIT)
+        order = _Order(intent, vid, _S.OPEN if triggered else _S.TRIGGER_PENDING, now, now)
+        order.buy = intent.side is Side.BUY
+        order.limit = None if kind in (OrderType.MARKET, OrderType.SL_M) else intent.price
+        if not triggered:
+            assert intent.trigger_price is not None
+            order.trigger = intent.trigger_price
+        if kind is OrderType.GTT and book.ltp is not None:
+            order.fire_up = order.trigger >= book.ltp
+        else:
+            order.fire_up = order.buy
+        return order
+
+    def take_back(self, intent: OrderIntent, fills: list[Fill], final: OrderUpdate | None, now: int) -> list[VenueEvent]:
+        """Register an order submitted here before a restart but missing from this state, with its
+        published fills and final update (None: it had none). A working one is worked from the
+        next tick on. Returns its state as an update when no final one was published; ``[]``
+        for an order this venue knows (its own state rules, see :meth:`absorb`)."""
+        book = self._books.get(intent.instrument)
+        if intent.client_order_id in self._orders or book is None:
+            return []
+        order = self._new_order(intent, f"{self.name}-{intent.client_order_id}", book, now)
+        for f in fills:
+            order.filled_qty += f.qty
+            order.notional += f.qty * f.price
+            order.fills += 1
+        if final is not None:
+            order.status = final.status
+        elif order.filled_qty >= intent.qty:
+            order.status = _S.COMPLETE
+        elif order.filled_qty:
+            order.status = _S.PARTIALLY_FILLED
+        self._orders[intent.client_order_id] = order
+        if order.status in WORKING:
+            book.working.append(order)
+        return [] if final is not None else [self._update(order)]
+
+    def absorb(self, ev: OrderUpdate | Fill) -> OrderUpdate | None:
+        """Take an update or fill of one of this venue's orders that was already published but is
+        not in this state (a restart from an older snapshot): the order continues from what the
+        world saw instead of filling again. For a fill, the order's resulting update (its
+        publication may have been lost with the crash); None when nothing changed."""
+        order = self._orders.get(ev.client_order_id)
+        if order is None or order.status not in WORKING:
+            return None
+        if isinstance(ev, Fill):
+            order.filled_qty += ev.qty
+            order.notional += ev.qty * ev.price
+            order.fills += 1
+            order.status = _S.COMPLETE if order.filled_qty >= order.intent.qty else _S.PARTIALLY_FILLED
+            order.ts_event, order.ts_init = ev.ts_event, ev.ts_init
+        elif ev.status.terminal:
+            order.status = ev.status
+        if order.status not in WORKING:
+            self._books[order.intent.instrument].working.remove(order)
+        return self._update(order) if isinstance(ev, Fill) else None
 
     def on_tick(self, tick: Tick) -> list[VenueEvent]:
         """Take ``tick``'s LTP and trigger/fill that instrument's working orders in submission order."""

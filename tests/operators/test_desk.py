@@ -72,3 +72,77 @@ def test_close_position_exits_at_the_market_and_refuses_when_flat() -> None:
     out.clear()
     d.on_command(cmd(ClosePosition, strategy="manual", instrument="NSE:INFY"), T0, out)
     assert [(r.reason_code, r.strategy) for r in out if type(r) is RiskRejected] == [("EXCEEDS_POSITION", "manual")]
+
+
+def _target(qty: int, n: int, ts: int) -> Any:
+    from schemas.orders import TargetPosition
+
+    return TargetPosition(strategy="s1", account="paper", instrument="NSE:INFY", target_qty=qty, ts_event=ts,
+                          ts_init=ts, signal_id=f"s1|{n}", stop_loss=1400.0 if qty > 0 else None)  # fmt: skip
+
+
+def test_restore_takes_back_what_was_published_after_the_snapshot() -> None:
+    """A restart from a snapshot older than the last outputs: the published intents and fills
+    come back into the state; re-deciding the same signal trades nothing; positions agree."""
+    import pickle
+
+    d, published = desk(), []
+    d.on_target(_target(10, 1, T0), T0, published)
+    snapshot, mark = pickle.dumps(d), len(published)
+    d.on_ticks([tick(T0 + SEC, 1501.0)], None, published)
+    d.on_target(_target(25, 2, T0 + 2 * SEC), T0 + 2 * SEC, published)  # published, then the crash
+    after_snapshot = published[mark:]
+    assert d.gate.book.qty("s1", "NSE:INFY") == 25
+
+    restored: TradingDesk = pickle.loads(snapshot)
+    assert restored.gate.book.qty("s1", "NSE:INFY") == 10
+    out: list[Any] = []
+    taken = restored.restore(published, T0 + 3 * SEC, out)  # everything of the day: known parts are skipped
+    # the entry, its fill, and the backstop grown from 10 to 25 (cancel and re-place)
+    assert [type(e).__name__ for e in after_snapshot if type(e) is not OrderUpdate] == [
+        "OrderIntent", "Fill", "Position", "CancelOrder", "OrderIntent"]  # fmt: skip
+    assert taken == 5  # the two intents, the cancel, the entry's fill and its COMPLETE (the old backstop is cancelled again)
+    assert restored.gate.book.qty("s1", "NSE:INFY") == 25
+    assert [s.qty for s in restored.stops.protected()] == [s.qty for s in d.stops.protected()] == [25]
+    assert [u.client_order_id for u in restored.venue.working()] == [u.client_order_id for u in d.venue.working()]
+    assert not [e for e in out if type(e) in (OrderIntent, Fill, RiskRejected)]  # nothing new, nothing refused
+    assert restored.restore(published, T0 + 3 * SEC, []) == 0  # idempotent
+    again: list[Any] = []
+    restored.on_target(_target(25, 2, T0 + 2 * SEC), T0 + 3 * SEC, again)  # the catch-up re-decides the signal
+    assert not [e for e in again if type(e) in (OrderIntent, Fill)]
+    restored.on_ticks([tick(T0 + 4 * SEC, 1502.0)], None, again)
+    assert not [e for e in again if type(e) is Fill]  # the venue does not fill the taken-back order again
+
+
+def test_restore_hands_an_unfinished_order_to_the_venue() -> None:
+    d, published = desk(), []
+    snapshot = __import__("pickle").dumps(d)
+    d.on_command(cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.LIMIT,
+                     price=1490.0), T0, published)  # fmt: skip
+    restored: TradingDesk = __import__("pickle").loads(snapshot)
+    out: list[Any] = []
+    assert restored.restore(published, T0, out) == 1
+    assert updates(out) == [(published[0].client_order_id, OrderStatus.OPEN)]  # resting at the venue again
+    restored.on_ticks([tick(T0 + SEC, 1489.0)], None, out)
+    assert [(f.client_order_id, f.qty) for f in out if type(f) is Fill] == [(published[0].client_order_id, 5)]
+
+
+def test_restore_completes_an_order_whose_final_update_was_lost() -> None:
+    import pickle
+
+    d, published = desk(), []
+    d.on_command(cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.LIMIT,
+                     price=1490.0), T0, published)  # fmt: skip
+    snapshot = pickle.dumps(d)
+    d.on_ticks([tick(T0 + SEC, 1489.0)], None, published)
+    coid = published[0].client_order_id
+    assert updates(published)[-1] == (coid, OrderStatus.COMPLETE)
+    lost = [e for e in published if not (type(e) is OrderUpdate and e.status is OrderStatus.COMPLETE)]
+    restored: TradingDesk = pickle.loads(snapshot)
+    out: list[Any] = []
+    restored.restore(lost, T0 + 2 * SEC, out)
+    assert updates(out) == [(coid, OrderStatus.COMPLETE)]
+    assert restored.gate.book.qty("manual", "NSE:INFY") == 5 and not restored.venue.has_working("NSE:INFY")
+    out.clear()
+    restored.on_ticks([tick(T0 + 3 * SEC, 1488.0)], None, out)
+    assert not [f for f in out if type(f) is Fill]
