@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 from fastapi import Depends, FastAPI, Response, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from api import auth, errors, security
@@ -111,7 +112,7 @@ def _flow_health(fs: FlowStatus) -> FlowHealth:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One PostgreSQL pool and one command publisher for the app's lifetime."""
+    """The PostgreSQL pools (sync and async, see api.deps) and one command publisher for the app's lifetime."""
     from psycopg_pool import ConnectionPool
 
     from connectors.commands import CommandPublisher
@@ -121,10 +122,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     st: AppState = app.state.ticktape
     bootstrap, dsn = _endpoints(st.settings)
     st.bootstrap, st.dsn = bootstrap, dsn
+    kwargs = {"autocommit": True, "options": "-c TimeZone=UTC", "connect_timeout": 3}
     if dsn is not None and st.pool is None:  # (a test may hand in its own)
-        kwargs = {"autocommit": True, "options": "-c TimeZone=UTC", "connect_timeout": 3}
         st.pool = ConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=5, kwargs=kwargs)
         st.pool.open(wait=False)
+    loop = asyncio.get_running_loop()
+    if dsn is not None and loop not in st.apools:
+        # Async connections are busy only while a query runs, so a few serve many requests.
+        apool = AsyncConnectionPool(dsn, min_size=2, max_size=8, open=False, timeout=5, kwargs=kwargs)
+        await apool.open(wait=False)
+        st.apools[loop] = apool
     hub: Hub = app.state.hub
     if bootstrap is not None:
         catalog = load_catalog()
@@ -145,6 +152,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             st.commands = None
         if st.pool is not None:
             st.pool.close()
+        if loop in st.apools:
+            await st.apools.pop(loop).close()
 
 
 def _audit_ws(st: AppState, websocket: WebSocket, reason: str) -> None:

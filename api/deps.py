@@ -1,19 +1,28 @@
-"""What routes depend on: the database pool, the command publisher, the settings, the caller.
+"""What routes depend on: the database pools, the command publisher, the settings, the caller.
 
-The app's lifespan opens one PostgreSQL pool and one command publisher; routes take them as
+The app's lifespan opens the PostgreSQL pools and one command publisher; routes take them as
 ``Annotated`` dependencies. Time ranges and pages are parsed here once, with their limits.
+
+Two pools, because the two kinds of route cost differently. A plain ``def`` route and every
+plain ``def`` dependency run in the threadpool, one hand-off each; that is fine for control
+actions and logins but at hundreds of reads a second the hand-offs themselves saturate the
+process. So the hot read routes are ``async def`` on :data:`AConn` (an
+:class:`~psycopg_pool.AsyncConnectionPool`), the dependencies that only parse or look
+something up are ``async def`` too (they run on the event loop, no hand-off), and everything
+else keeps the sync :data:`Conn`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, Query, Request, Response
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from api.errors import ApiError
 from connectors.commands import CommandPublisher
@@ -23,15 +32,24 @@ from connectors.settings import Settings
 @dataclass
 class AppState:
     settings: Settings
-    pool: ConnectionPool | None
+    pool: ConnectionPool | None  # control actions, logins, the audit log (sync routes)
     commands: CommandPublisher | None
     security: Any = None  # api.security.SecurityConfig (JWT secret, token lifetimes, lockout)
     box: Any = None  # api.credentials.SecretBox (master keys: TOTP secrets, broker credentials)
     bootstrap: str | None = None  # the broker and database in use (external or embedded)
     dsn: str | None = None
+    # The hot read routes' async pools, one per event loop serving the app: an async pool
+    # belongs to the loop that opened it. A server runs one loop; tests may drive the same app
+    # from a second one (an ASGI client with its own lifespan).
+    apools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = field(default_factory=dict)
+
+    @property
+    def apool(self) -> AsyncConnectionPool | None:
+        """The async pool of the running event loop, if its lifespan opened one."""
+        return self.apools.get(asyncio.get_running_loop())
 
 
-def state(request: Request) -> AppState:
+async def state(request: Request) -> AppState:
     return request.app.state.ticktape  # type: ignore[no-any-return]
 
 
@@ -45,13 +63,25 @@ def conn(st: Annotated[AppState, Depends(state)]) -> Iterator[psycopg.Connection
         raise ApiError(503, "Database unavailable", str(exc).splitlines()[0]) from None
 
 
-def publisher(st: Annotated[AppState, Depends(state)]) -> CommandPublisher:
+async def aconn(st: Annotated[AppState, Depends(state)]) -> AsyncIterator[psycopg.AsyncConnection]:
+    if (pool := st.apool) is None:
+        raise ApiError(503, "Database unavailable", "no database is configured or running")
+    try:
+        async with pool.connection(timeout=5) as c:
+            yield c
+    except psycopg.OperationalError as exc:
+        raise ApiError(503, "Database unavailable", str(exc).splitlines()[0]) from None
+
+
+async def publisher(st: Annotated[AppState, Depends(state)]) -> CommandPublisher:
     if st.commands is None:
         raise ApiError(503, "Broker unavailable", "no broker is configured or running")
     return st.commands
 
 
 Conn = Annotated[psycopg.Connection, Depends(conn)]
+# The connection goes back to the pool when the route returns, before the answer is sent.
+AConn = Annotated[psycopg.AsyncConnection, Depends(aconn, scope="function")]
 Publisher = Annotated[CommandPublisher, Depends(publisher)]
 
 
@@ -61,7 +91,7 @@ class Page:
     offset: int
 
 
-def page(
+async def page(
     limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")] = 0,
 ) -> Page:
@@ -85,7 +115,7 @@ def time_range(max_span: timedelta, default_span: timedelta) -> Any:
     response says so in ``X-Time-Range`` (page through longer periods); an empty range
     (``from >= to``) simply has no rows."""
 
-    def parse(
+    async def parse(
         response: Response,
         from_: Annotated[datetime | None, Query(alias="from", description="start, ISO-8601 with offset")] = None,
         to: Annotated[datetime | None, Query(description="end (exclusive), ISO-8601 with offset")] = None,
