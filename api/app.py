@@ -3,17 +3,20 @@
     uvicorn api.app:create_app --factory --host 127.0.0.1 --port 8000
 
 ``/health`` reports the broker, the database and every supervised flow; it answers 200
-when all are healthy and 503 otherwise (with the same typed body).
+when all are healthy and 503 otherwise (with the same typed body). Probes are cheap to
+answer, not to compute: the broker and database probes run at most once a second and one
+at a time (:class:`_Probes`), the flows' status files are read per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import psycopg
 from confluent_kafka.admin import AdminClient
@@ -80,22 +83,63 @@ def _check_broker(bootstrap: str | None) -> ComponentHealth:
     )
 
 
-def _check_database(dsn: str | None) -> tuple[ComponentHealth, float | None, dict[str, str]]:
-    if dsn is None:
+DatabaseProbe = tuple[ComponentHealth, float | None, dict[str, str]]  # (health, persisted lag, trading states)
+
+
+async def _check_database(pool: AsyncConnectionPool | None) -> DatabaseProbe:
+    """The database as the routes see it: through the app's pool (a connection from it, or
+    the pool's own error when it cannot get one)."""
+    if pool is None:
         return ComponentHealth(status="down", detail="no database configured or running"), None, {}
     t = time.perf_counter()
     try:
-        with psycopg.connect(dsn, connect_timeout=2) as conn:
-            row = conn.execute(
-                "SELECT EXTRACT(EPOCH FROM NOW() - MAX(updated_at)) FROM kafka_offsets WHERE consumer = 'persist'"
-            ).fetchone()
+        async with pool.connection(timeout=2) as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT EXTRACT(EPOCH FROM NOW() - MAX(updated_at)) FROM kafka_offsets WHERE consumer = 'persist'),"
+                " to_regclass('trading_state') IS NOT NULL"
+            )
+            lag, has_trading = await cur.fetchone() or (None, False)
             trading: dict[str, str] = {}
-            if conn.execute("SELECT to_regclass('trading_state') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
-                trading = dict(conn.execute("SELECT account, state FROM trading_state ORDER BY account").fetchall())
+            if has_trading:
+                cur = await conn.execute("SELECT account, state FROM trading_state ORDER BY account")
+                trading = dict(await cur.fetchall())
     except psycopg.Error as exc:
         return ComponentHealth(status="down", detail=str(exc).strip().splitlines()[0]), None, {}
-    lag = float(row[0]) if row and row[0] is not None else None
-    return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - t) * 1000, 1)), lag, trading
+    latency_ms = round((time.perf_counter() - t) * 1000, 1)
+    return ComponentHealth(status="ok", latency_ms=latency_ms), float(lag) if lag is not None else None, trading
+
+
+class _Probes:
+    """The broker and database probes, refreshed at most every ``HEALTH_TTL_S`` and one
+    refresh at a time: a request that finds them stale starts the refresh and waits for it
+    (so a probe after a quiet spell is fresh); requests arriving meanwhile answer with the
+    previous result instead of each starting its own refresh (each would open a broker
+    client and take a database connection, and under load they pile up)."""
+
+    def __init__(self, settings: Settings, st: AppState) -> None:
+        self._settings, self._st = settings, st
+        self._last: tuple[ComponentHealth, DatabaseProbe] | None = None
+        self._at = -math.inf
+        self._refresh: asyncio.Task[tuple[ComponentHealth, DatabaseProbe]] | None = None
+
+    async def latest(self) -> tuple[ComponentHealth, DatabaseProbe]:
+        refresh = self._refresh
+        if refresh is None and time.monotonic() - self._at > HEALTH_TTL_S:
+            refresh = self._refresh = asyncio.create_task(self._probe())
+        elif self._last is not None:
+            return self._last
+        assert refresh is not None  # (no result yet means the first refresh is running)
+        return await asyncio.shield(refresh)  # a caller that goes away does not cancel it for the others
+
+    async def _probe(self) -> tuple[ComponentHealth, DatabaseProbe]:
+        try:
+            bootstrap, _dsn = _endpoints(self._settings)
+            broker, database = await asyncio.gather(asyncio.to_thread(_check_broker, bootstrap),
+                                                    _check_database(self._st.apool))  # fmt: skip
+            self._last, self._at = (broker, database), time.monotonic()
+            return self._last
+        finally:
+            self._refresh = None
 
 
 def _flow_health(fs: FlowStatus) -> FlowHealth:
@@ -210,18 +254,11 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     for router in (market.router, strategies.router, risk.router, trading.router, backtests.router):
         app.include_router(router, dependencies=[Depends(auth.current_user)])
 
-    checked: list[Any] = [-1e9, None]  # (when, (broker, (database, lag, trading)))
+    probes = _Probes(settings, app.state.ticktape)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:
-        now = time.monotonic()
-        if now - checked[0] > HEALTH_TTL_S:  # probes are cheap to answer, not to compute: at most once a second
-            bootstrap, dsn = _endpoints(settings)
-            checked[1] = await asyncio.gather(
-                asyncio.to_thread(_check_broker, bootstrap), asyncio.to_thread(_check_database, dsn)
-            )
-            checked[0] = now
-        broker, (db, lag, trading) = checked[1]
+        broker, (db, lag, trading) = await probes.latest()
         flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items() if name != "api"}
         parts = [broker.status, db.status, *(f.status for f in flows.values())]
         overall: Status = "ok" if all(p == "ok" for p in parts) else "down" if "down" in parts[:2] else "degraded"
