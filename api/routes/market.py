@@ -1,14 +1,21 @@
-"""Instruments and stored market data: candles, ticks, depth (paged, time-bounded)."""
+"""Instruments and stored market data: candles, ticks, depth (paged, time-bounded).
+
+These are the API's busiest reads (a chart asks for a day of 1m candles at a time), so they
+are ``async def`` on the async pool and answer pre-encoded JSON (see :mod:`api.deps`): each
+query selects the response model's fields, in order, with numerics cast to ``float8``. A
+series for one instrument is one round trip (the instrument master is joined, not looked up
+first); only an empty answer asks the master whether the instrument exists (404 if not).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any, LiteralString
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel
 
-from api.deps import Conn, Paged, TimeRange, time_range
+from api.deps import AConn, Page, Paged, TimeRange, encoded_json, model_rows, time_range
 from api.errors import PROBLEM_RESPONSES, ApiError
 
 router = APIRouter(tags=["market data"], responses=PROBLEM_RESPONSES)
@@ -68,22 +75,33 @@ class DepthOut(BaseModel):
     ask_quantities: list[int]
 
 
-def _instrument_id(conn: Conn, symbol: str) -> int:
-    row = conn.execute("SELECT id FROM instruments WHERE symbol = %s", (symbol,)).fetchone()
-    if row is None:
-        raise ApiError(404, "Unknown instrument", f"{symbol} is not in the instrument master")
-    return int(row[0])
+async def _series(conn: AConn, model: type[BaseModel], query: LiteralString, args: dict[str, Any]) -> list[Any]:
+    """The rows of ``query`` (``model``'s fields, from a table joined to the instrument master
+    as ``i`` on ``i.symbol = %(instrument)s``). Only when there are none is the master asked
+    whether it knows the instrument at all: 404 if not, else the range is simply empty."""
+    async with conn.cursor(row_factory=model_rows(model), binary=True) as cur:
+        await cur.execute(query, args)
+        rows: list[Any] = await cur.fetchall()
+    if not rows:
+        known = await conn.execute("SELECT 1 FROM instruments WHERE symbol = %s", (args["instrument"],))
+        if await known.fetchone() is None:
+            raise ApiError(404, "Unknown instrument", f"{args['instrument']} is not in the instrument master")
+    return rows
+
+
+def _window(instrument: str, span: TimeRange, page: Page) -> dict[str, Any]:
+    return {"instrument": instrument, "start": span.start, "end": span.end, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/api/instruments", response_model=InstrumentPage)
-def instruments(
-    conn: Conn,
+async def instruments(
+    conn: AConn,
     page: Paged,
     q: Annotated[str | None, Query(max_length=50, description="symbol or name contains")] = None,
     exchange: Annotated[str | None, Query(pattern=r"^[A-Z]{2,6}$")] = None,
     instrument_type: Annotated[str | None, Query(pattern=r"^(EQ|FUT|CE|PE|INDEX)$")] = None,
     underlying: Annotated[str | None, Query(pattern=SYMBOL)] = None,
-) -> InstrumentPage:
+) -> Response:
     where = ["is_active"]
     args: dict[str, object] = {}
     if q:
@@ -94,81 +112,81 @@ def instruments(
             where.append(f"{col} = %({col})s")
             args[col] = val
     cond = " AND ".join(where)
-    total = conn.execute(f"SELECT count(*) FROM instruments WHERE {cond}", args).fetchone()[0]  # type: ignore[index]
-    rows = conn.execute(
-        f"""SELECT symbol, tradingsymbol, name, exchange, instrument_type, tick_size, lot_size, expiry_date,
-                   strike_price, underlying FROM instruments WHERE {cond} ORDER BY symbol LIMIT %(l)s OFFSET %(o)s""",
-        {**args, "l": page.limit, "o": page.offset},
-    ).fetchall()
-    items = [
-        InstrumentOut(instrument=r[0], tradingsymbol=r[1], name=r[2], exchange=r[3], instrument_type=r[4],
-                      tick_size=float(r[5]) if r[5] is not None else None, lot_size=r[6],
-                      expiry=r[7].isoformat() if r[7] else None, strike=float(r[8]) if r[8] is not None else None,
-                      underlying=r[9])
-        for r in rows
-    ]  # fmt: skip
-    return InstrumentPage(items=items, total=int(total), limit=page.limit, offset=page.offset)
+    counted = await conn.execute(f"SELECT count(*) FROM instruments WHERE {cond}", args)
+    total = (await counted.fetchone() or (0,))[0]
+    async with conn.cursor(row_factory=model_rows(InstrumentOut), binary=True) as cur:
+        await cur.execute(
+            f"""SELECT symbol AS instrument, tradingsymbol, name, exchange, instrument_type, tick_size::float8 AS tick_size,
+                       lot_size, expiry_date AS expiry, strike_price::float8 AS strike, underlying
+                FROM instruments WHERE {cond} ORDER BY symbol LIMIT %(l)s OFFSET %(o)s""",
+            {**args, "l": page.limit, "o": page.offset},
+        )
+        items = await cur.fetchall()
+    return encoded_json({"items": items, "total": total, "limit": page.limit, "offset": page.offset})
 
 
 @router.get("/api/market-data/{instrument}/candles", response_model=list[CandleOut])
-def candles(
-    conn: Conn,
+async def candles(
+    conn: AConn,
     instrument: Symbol,
     page: Paged,
     span: Annotated[TimeRange, Depends(time_range(timedelta(days=400), timedelta(days=1)))],
+    response: Response,
     timeframe: Annotated[str, Query(pattern=r"^(1s|5s|1m|5m|15m|1h|1d)$")] = "1m",
-) -> list[CandleOut]:
+) -> Response:
     """Closed candles of ``timeframe`` opening in [from, to), oldest first."""
-    iid = _instrument_id(conn, instrument)
-    rows = conn.execute(
-        """SELECT time, open_price, high_price, low_price, close_price, volume, trade_count, vwap, oi FROM ohlc_candles
-           WHERE instrument_id = %s AND timeframe = %s AND time >= %s AND time < %s ORDER BY time LIMIT %s OFFSET %s""",
-        (iid, timeframe, span.start, span.end, page.limit, page.offset),
-    ).fetchall()
-    return [
-        CandleOut(time=r[0], open=float(r[1]), high=float(r[2]), low=float(r[3]), close=float(r[4]), volume=int(r[5]),
-                  trade_count=r[6], vwap=float(r[7]) if r[7] is not None else None, oi=r[8])
-        for r in rows
-    ]  # fmt: skip
+    rows = await _series(
+        conn,
+        CandleOut,
+        """SELECT c.time, c.open_price::float8 AS open, c.high_price::float8 AS high, c.low_price::float8 AS low,
+                  c.close_price::float8 AS close, c.volume, c.trade_count, c.vwap::float8 AS vwap, c.oi
+           FROM ohlc_candles c JOIN instruments i ON i.id = c.instrument_id
+           WHERE i.symbol = %(instrument)s AND c.timeframe = %(timeframe)s AND c.time >= %(start)s AND c.time < %(end)s
+           ORDER BY c.time LIMIT %(limit)s OFFSET %(offset)s""",
+        {**_window(instrument, span, page), "timeframe": timeframe},
+    )
+    return encoded_json(rows, response)
 
 
 @router.get("/api/market-data/{instrument}/ticks", response_model=list[TickOut])
-def ticks(
-    conn: Conn,
+async def ticks(
+    conn: AConn,
     instrument: Symbol,
     page: Paged,
     span: Annotated[TimeRange, Depends(time_range(timedelta(days=1), timedelta(minutes=15)))],
-) -> list[TickOut]:
+    response: Response,
+) -> Response:
     """Stored ticks in [from, to), oldest first (at most one day per request)."""
-    iid = _instrument_id(conn, instrument)
-    rows = conn.execute(
-        """SELECT time, seq, price, quantity, volume, oi, bid, ask FROM tick_data
-           WHERE instrument_id = %s AND time >= %s AND time < %s ORDER BY time, seq LIMIT %s OFFSET %s""",
-        (iid, span.start, span.end, page.limit, page.offset),
-    ).fetchall()
-    return [
-        TickOut(time=r[0], seq=r[1], price=float(r[2]), quantity=r[3], volume=r[4], oi=r[5],
-                bid=float(r[6]) if r[6] is not None else None, ask=float(r[7]) if r[7] is not None else None)
-        for r in rows
-    ]  # fmt: skip
+    rows = await _series(
+        conn,
+        TickOut,
+        """SELECT t.time, t.seq, t.price::float8 AS price, t.quantity, t.volume, t.oi, t.bid::float8 AS bid,
+                  t.ask::float8 AS ask
+           FROM tick_data t JOIN instruments i ON i.id = t.instrument_id
+           WHERE i.symbol = %(instrument)s AND t.time >= %(start)s AND t.time < %(end)s
+           ORDER BY t.time, t.seq LIMIT %(limit)s OFFSET %(offset)s""",
+        _window(instrument, span, page),
+    )
+    return encoded_json(rows, response)
 
 
 @router.get("/api/market-data/{instrument}/depth", response_model=list[DepthOut])
-def depth(
-    conn: Conn,
+async def depth(
+    conn: AConn,
     instrument: Symbol,
     page: Paged,
     span: Annotated[TimeRange, Depends(time_range(timedelta(days=1), timedelta(minutes=5)))],
-) -> list[DepthOut]:
+    response: Response,
+) -> Response:
     """Stored 5-level order book snapshots in [from, to), oldest first."""
-    iid = _instrument_id(conn, instrument)
-    rows = conn.execute(
-        """SELECT time, bid_prices, bid_quantities, ask_prices, ask_quantities FROM order_book_snapshots
-           WHERE instrument_id = %s AND time >= %s AND time < %s ORDER BY time LIMIT %s OFFSET %s""",
-        (iid, span.start, span.end, page.limit, page.offset),
-    ).fetchall()
-    return [
-        DepthOut(time=r[0], bid_prices=[float(x) for x in r[1]], bid_quantities=list(r[2]),
-                 ask_prices=[float(x) for x in r[3]], ask_quantities=list(r[4]))
-        for r in rows
-    ]  # fmt: skip
+    rows = await _series(
+        conn,
+        DepthOut,
+        """SELECT d.time, d.bid_prices::float8[] AS bid_prices, d.bid_quantities, d.ask_prices::float8[] AS ask_prices,
+                  d.ask_quantities
+           FROM order_book_snapshots d JOIN instruments i ON i.id = d.instrument_id
+           WHERE i.symbol = %(instrument)s AND d.time >= %(start)s AND d.time < %(end)s
+           ORDER BY d.time LIMIT %(limit)s OFFSET %(offset)s""",
+        _window(instrument, span, page),
+    )
+    return encoded_json(rows, response)

@@ -1,15 +1,20 @@
-"""Risk and the book: account state, positions, orders, the emergency stop."""
+"""Risk and the book: account state, positions, orders, the emergency stop.
+
+The reads are polled by every dashboard, so they are ``async def`` on the async pool and
+the lists answer pre-encoded JSON (see :mod:`api.deps`); the emergency stop is a control
+action on the sync pool.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.auth import Caller, audit_action
-from api.deps import Conn, Paged, Publisher
+from api.deps import AConn, Conn, Paged, Publisher, encoded_json, model_rows
 from api.errors import NO_NUL, PROBLEM_RESPONSES, RequestBody
 from connectors.commands import command_fields
 from schemas.control import Halt
@@ -71,82 +76,76 @@ class StopAccepted(BaseModel):
     account: str
 
 
-def _f(x: object) -> float | None:
-    return float(x) if x is not None else None  # type: ignore[arg-type]
-
-
-def _positions(conn: Conn, account: str, page: Paged) -> list[PositionOut]:
-    rows = conn.execute(
-        """SELECT p.id::text, p.account, p.strategy_id, i.symbol, p.quantity, p.average_entry_price, p.current_price,
-                  p.unrealized_pnl, p.realized_pnl, p.status, p.updated_at
-           FROM positions p JOIN instruments i ON i.id = p.instrument_id
-           WHERE p.account = %s AND p.status = 'OPEN' AND p.quantity <> 0
-           ORDER BY p.strategy_id, i.symbol LIMIT %s OFFSET %s""",
-        (account, page.limit, page.offset),
-    ).fetchall()
-    return [
-        PositionOut(id=r[0], account=r[1], strategy=r[2], instrument=r[3], quantity=r[4], average_entry_price=float(r[5]),
-                    current_price=_f(r[6]), unrealized_pnl=_f(r[7]), realized_pnl=float(r[8]), status=r[9],
-                    updated_at=r[10])
-        for r in rows
-    ]  # fmt: skip
+async def _positions(conn: AConn, account: str, page: Paged) -> Response:
+    async with conn.cursor(row_factory=model_rows(PositionOut), binary=True) as cur:
+        await cur.execute(
+            """SELECT p.id::text AS id, p.account, p.strategy_id AS strategy, i.symbol AS instrument, p.quantity,
+                      p.average_entry_price::float8 AS average_entry_price, p.current_price::float8 AS current_price,
+                      p.unrealized_pnl::float8 AS unrealized_pnl, p.realized_pnl::float8 AS realized_pnl, p.status,
+                      p.updated_at
+               FROM positions p JOIN instruments i ON i.id = p.instrument_id
+               WHERE p.account = %s AND p.status = 'OPEN' AND p.quantity <> 0
+               ORDER BY p.strategy_id, i.symbol LIMIT %s OFFSET %s""",
+            (account, page.limit, page.offset),
+        )
+        return encoded_json(await cur.fetchall())
 
 
 @router.get("/api/positions", response_model=list[PositionOut])
-def positions(conn: Conn, page: Paged, account: Account = "paper") -> list[PositionOut]:
+async def positions(conn: AConn, page: Paged, account: Account = "paper") -> Response:
     """Open positions of the account."""
-    return _positions(conn, account, page)
+    return await _positions(conn, account, page)
 
 
 @router.get("/api/risk/positions", response_model=list[PositionOut])
-def risk_positions(conn: Conn, page: Paged, account: Account = "paper") -> list[PositionOut]:
-    return _positions(conn, account, page)
+async def risk_positions(conn: AConn, page: Paged, account: Account = "paper") -> Response:
+    return await _positions(conn, account, page)
 
 
 @router.get("/api/risk/portfolio", response_model=Portfolio)
-def portfolio(conn: Conn, account: Account = "paper") -> Portfolio:
-    state = conn.execute("SELECT state FROM trading_state WHERE account = %s", (account,)).fetchone()
-    p = conn.execute(
-        """SELECT count(*) FILTER (WHERE status = 'OPEN' AND quantity <> 0),
-                  coalesce(sum(abs(quantity) * coalesce(current_price, average_entry_price))
-                           FILTER (WHERE status = 'OPEN'), 0),
-                  coalesce(sum(realized_pnl), 0), coalesce(sum(unrealized_pnl), 0)
-           FROM positions WHERE account = %s""",
-        (account,),
-    ).fetchone()
-    c = conn.execute("SELECT coalesce(sum(charges), 0) FROM fills WHERE account = %s", (account,)).fetchone()
-    assert p is not None and c is not None
-    realized, unrealized, charges = float(p[2]), float(p[3]), float(c[0])
-    return Portfolio(account=account, state=state[0] if state else "ACTIVE", open_positions=p[0],
-                     gross_exposure=float(p[1]), realized_pnl=realized, unrealized_pnl=unrealized, charges=charges,
+async def portfolio(conn: AConn, account: Account = "paper") -> Portfolio:
+    cur = await conn.execute(
+        """SELECT (SELECT state FROM trading_state WHERE account = %(a)s),
+                  p.open_positions, p.gross_exposure, p.realized_pnl, p.unrealized_pnl,
+                  (SELECT coalesce(sum(charges), 0) FROM fills WHERE account = %(a)s)
+           FROM (SELECT count(*) FILTER (WHERE status = 'OPEN' AND quantity <> 0) AS open_positions,
+                        coalesce(sum(abs(quantity) * coalesce(current_price, average_entry_price))
+                                 FILTER (WHERE status = 'OPEN'), 0) AS gross_exposure,
+                        coalesce(sum(realized_pnl), 0) AS realized_pnl, coalesce(sum(unrealized_pnl), 0) AS unrealized_pnl
+                 FROM positions WHERE account = %(a)s) p""",
+        {"a": account},
+    )
+    row = await cur.fetchone()
+    assert row is not None  # (an aggregate without GROUP BY has one row)
+    state, open_positions, gross, realized, unrealized, charges = row
+    realized, unrealized, charges = float(realized), float(unrealized), float(charges)
+    return Portfolio(account=account, state=state or "ACTIVE", open_positions=open_positions,
+                     gross_exposure=float(gross), realized_pnl=realized, unrealized_pnl=unrealized, charges=charges,
                      net_pnl=round(realized + unrealized - charges, 2))  # fmt: skip
 
 
 @router.get("/api/orders", response_model=list[OrderOut])
-def orders(
-    conn: Conn,
+async def orders(
+    conn: AConn,
     page: Paged,
     account: Account = "paper",
     status: Annotated[str | None, Query(pattern=r"^[A-Z_ ]{3,20}$")] = None,
     strategy: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] = None,
-) -> list[OrderOut]:
+) -> Response:
     """Orders of the account, newest first."""
-    rows = conn.execute(
-        """SELECT o.client_order_id, o.account, o.strategy_id, i.symbol, o.side, o.quantity, o.order_type, o.price,
-                  o.trigger_price, o.current_status, o.filled_quantity, o.average_price, o.status_reason, o.created_at,
-                  o.updated_at
-           FROM orders o JOIN instruments i ON i.id = o.instrument_id
-           WHERE o.account = %(a)s AND (%(s)s::text IS NULL OR o.current_status = %(s)s)
-             AND (%(st)s::text IS NULL OR o.strategy_id = %(st)s)
-           ORDER BY o.created_at DESC, o.client_order_id LIMIT %(l)s OFFSET %(o)s""",
-        {"a": account, "s": status, "st": strategy, "l": page.limit, "o": page.offset},
-    ).fetchall()
-    return [
-        OrderOut(client_order_id=r[0], account=r[1], strategy=r[2], instrument=r[3], side=r[4], quantity=r[5],
-                 order_type=r[6], price=_f(r[7]), trigger_price=_f(r[8]), status=r[9], filled_quantity=r[10],
-                 average_price=_f(r[11]), reason=r[12], created_at=r[13], updated_at=r[14])
-        for r in rows
-    ]  # fmt: skip
+    async with conn.cursor(row_factory=model_rows(OrderOut), binary=True) as cur:
+        await cur.execute(
+            """SELECT o.client_order_id, o.account, o.strategy_id AS strategy, i.symbol AS instrument, o.side, o.quantity,
+                      o.order_type, o.price::float8 AS price, o.trigger_price::float8 AS trigger_price,
+                      o.current_status AS status, o.filled_quantity, o.average_price::float8 AS average_price,
+                      o.status_reason AS reason, o.created_at, o.updated_at
+               FROM orders o JOIN instruments i ON i.id = o.instrument_id
+               WHERE o.account = %(a)s AND (%(s)s::text IS NULL OR o.current_status = %(s)s)
+                 AND (%(st)s::text IS NULL OR o.strategy_id = %(st)s)
+               ORDER BY o.created_at DESC, o.client_order_id LIMIT %(l)s OFFSET %(o)s""",
+            {"a": account, "s": status, "st": strategy, "l": page.limit, "o": page.offset},
+        )
+        return encoded_json(await cur.fetchall())
 
 
 @router.post("/api/risk/emergency-stop", response_model=StopAccepted, status_code=202)
