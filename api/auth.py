@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from api import security
 from api.credentials import MasterKeys, SecretBox
-from api.deps import AppState, Conn, state
+from api.deps import AppState, Conn, Publisher, state
 from api.errors import NO_NUL, PROBLEM_RESPONSES, ApiError, RequestBody
 from api.security import AuthError, SecurityConfig, User
 
@@ -122,6 +122,13 @@ def username(conn: Conn, user: User) -> str:
 def audit_action(conn: Conn, user: User, request: Request, action: str, target: str, **details: Any) -> None:
     """Record a control action in the append-only audit log."""
     security.audit(conn, username(conn, user), action, target, True, _client_ip(request), details)
+
+
+def publish_command(conn: Conn, pub: Publisher, user: User, request: Request, cmd: Any, target: str,
+                    **details: Any) -> None:  # fmt: skip
+    """Send a control command (once the broker has acknowledged it) and audit it under its kind."""
+    pub.publish(cmd)
+    audit_action(conn, user, request, type(cmd).__name__, target, command_id=cmd.command_id, **details)
 
 
 # ----------------------------------------------------------------------------- routes

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api.auth import Caller, audit_action
+from api.auth import Caller, publish_command
 from api.deps import AConn, Conn, Paged, Publisher, encoded_json, model_rows
 from api.errors import NO_NUL, PROBLEM_RESPONSES, RequestBody
 from connectors.commands import command_fields
@@ -155,6 +155,5 @@ def emergency_stop(
     """The kill switch: the account's desk refuses entries, cancels working orders and flattens;
     only an explicit resume clears it (it survives restarts)."""
     cmd = Halt(reason=body.reason, **command_fields(body.account, "api"))
-    pub.publish(cmd)
-    audit_action(conn, user, request, "Halt", body.account, command_id=cmd.command_id, reason=body.reason[:200])
+    publish_command(conn, pub, user, request, cmd, body.account, reason=body.reason[:200])
     return StopAccepted(command_id=cmd.command_id, account=body.account)

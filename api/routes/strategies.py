@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel
 
-from api.auth import Caller, audit_action
+from api.auth import Caller, publish_command
 from api.deps import Conn, Publisher
 from api.errors import PROBLEM_RESPONSES, ApiError
 from connectors.commands import command_fields
@@ -74,8 +74,7 @@ def get_strategy(conn: Conn, strategy_id: StrategyId) -> StrategyOut:
 
 
 def _send(conn: Conn, pub: Publisher, user: Caller, request: Request, cmd: Any) -> Accepted:
-    pub.publish(cmd)
-    audit_action(conn, user, request, type(cmd).__name__, cmd.strategy, command_id=cmd.command_id)
+    publish_command(conn, pub, user, request, cmd, cmd.strategy)
     return Accepted(command_id=cmd.command_id, command=type(cmd).__name__, strategy=cmd.strategy)
 
 

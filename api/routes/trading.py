@@ -15,14 +15,14 @@ flow by a batch) is still passed on: the desk is the authority and refuses unkno
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from api.auth import Caller, audit_action
+from api.auth import Caller, publish_command
 from api.deps import Conn, Publisher
 from api.errors import PROBLEM_RESPONSES, ApiError, RequestBody
 from api.routes.market import SYMBOL
@@ -112,12 +112,6 @@ class CloseAccepted(BaseModel):
     quantity: int  # the position as last persisted
 
 
-def _publish(conn: Conn, pub: Publisher, user: Caller, request: Request, cmd: Any, target: str,
-             **details: Any) -> None:  # fmt: skip
-    pub.publish(cmd)
-    audit_action(conn, user, request, type(cmd).__name__, target, command_id=cmd.command_id, **details)
-
-
 @router.post("/api/orders", response_model=OrderAccepted, status_code=202)
 def place_order(
     conn: Conn, pub: Publisher, user: Caller, request: Request, body: Annotated[OrderIn, Body()]
@@ -130,7 +124,7 @@ def place_order(
         product=body.product, price=getattr(body, "price", None), trigger_price=getattr(body, "trigger_price", None),
         **command_fields(body.account, "api"),
     )  # fmt: skip
-    _publish(conn, pub, user, request, cmd, body.instrument, side=cmd.side, qty=cmd.qty, order_type=cmd.order_type)
+    publish_command(conn, pub, user, request, cmd, body.instrument, side=cmd.side, qty=cmd.qty, order_type=cmd.order_type)
     return OrderAccepted(command_id=cmd.command_id, command="ManualOrder", account=cmd.account,
                          client_order_id=order_id_of("MN", cmd.account, cmd.command_id, 0))  # fmt: skip
 
@@ -158,7 +152,7 @@ def modify_order(
     _operator_order(conn, client_order_id, account)
     cmd = ModifyManualOrder(client_order_id=client_order_id, qty=body.qty, price=body.price,
                             trigger_price=body.trigger_price, **command_fields(account, "api"))  # fmt: skip
-    _publish(conn, pub, user, request, cmd, client_order_id)
+    publish_command(conn, pub, user, request, cmd, client_order_id)
     return OrderAccepted(command_id=cmd.command_id, command="ModifyManualOrder", account=account,
                          client_order_id=order_id_of("MN", account, cmd.command_id, 0))  # fmt: skip
 
@@ -170,7 +164,7 @@ def cancel_order(
     """Cancel a working operator order."""
     _operator_order(conn, client_order_id, account)
     cmd = CancelManualOrder(client_order_id=client_order_id, **command_fields(account, "api"))
-    _publish(conn, pub, user, request, cmd, client_order_id)
+    publish_command(conn, pub, user, request, cmd, client_order_id)
     return OrderAccepted(command_id=cmd.command_id, command="CancelManualOrder", account=account,
                          client_order_id=client_order_id)  # fmt: skip
 
@@ -189,6 +183,6 @@ def close_position(conn: Conn, pub: Publisher, user: Caller, request: Request, p
     if qty == 0:
         raise ApiError(409, "Position flat", f"position {position_id} holds nothing")
     cmd = ClosePosition(strategy=strategy, instrument=instrument, **command_fields(account, "api"))
-    _publish(conn, pub, user, request, cmd, f"{strategy}/{instrument}", quantity=qty)
+    publish_command(conn, pub, user, request, cmd, f"{strategy}/{instrument}", quantity=qty)
     return CloseAccepted(command_id=cmd.command_id, account=account, strategy=strategy, instrument=instrument,
                          quantity=qty)  # fmt: skip
