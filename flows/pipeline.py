@@ -57,7 +57,34 @@ STEP_SECONDS = Histogram(
     ["step"],
     buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
-_INSTRUMENT_STEP = STEP_SECONDS.labels("instrument")
+
+
+class TimedLiveBatches:
+    """Mixin for a stateful step's logic: ``on_batch`` runs ``_process`` and, live (a clock is
+    set), observes its duration in ``ticktape_step_batch_seconds{step=STEP}``; a replay is
+    timed as a whole and pays nothing here."""
+
+    STEP: str
+    clock: MarketClock | None
+    _timer: Histogram  # this step's child of STEP_SECONDS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._timer = STEP_SECONDS.labels(cls.STEP)
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self.clock is None:
+            return self._process(values)
+        t0 = time.perf_counter()
+        try:
+            return self._process(values)
+        finally:
+            self._timer.observe(time.perf_counter() - t0)
+
+    def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        raise NotImplementedError
+
+
 SIGNALS = Counter("ticktape_signals_total", "Strategy decisions (target positions) published", ["strategy"])
 STRATEGY_ERRORS = Counter("ticktape_strategy_errors_total", "Strategy exceptions caught while deciding", ["strategy"])
 
@@ -265,7 +292,7 @@ def _decide(out: list[Any], start: int, at: int) -> bool:
     return found
 
 
-class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
+class InstrumentLogic(TimedLiveBatches, op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
     """Thin Bytewax wrapper of :class:`InstrumentAnalytics`: timers in live mode, flush on EOF.
 
     Bytewax builds logic without telling it the key, so a new instrument's core is made from
@@ -285,14 +312,7 @@ class InstrumentLogic(op.StatefulBatchLogic[Tick, Any, InstrumentAnalytics]):
         self.recovery, self.prices = recovery, prices
         self.last_event = 0
 
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
-        if self.clock is None:  # a replay is timed as a whole
-            return self._process(values)
-        t0 = time.perf_counter()
-        try:
-            return self._process(values)
-        finally:
-            _INSTRUMENT_STEP.observe(time.perf_counter() - t0)
+    STEP = "instrument"
 
     def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         core, clock = self.core, self.clock

@@ -20,7 +20,6 @@ dataflow hop.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from bytewax.dataflow import Stream
 from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.kafka import KafkaClientConfig, read_all
-from flows.pipeline import STEP_SECONDS, Decided, MarketClock, PriceRun, _snapshot
+from flows.pipeline import Decided, MarketClock, PriceRun, TimedLiveBatches, _snapshot
 from operators.candles import DAY_NS, IST_OFFSET_NS
 from operators.desk import TradingDesk
 from operators.risk import RiskConfig
@@ -68,7 +67,6 @@ DECISION_LATENCY = Histogram(
     "desk's order intents for the decision it triggered",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-_DESK_STEP = STEP_SECONDS.labels("desk")
 DESK_COMMANDS = (Halt, Resume, ManualOrder, CancelManualOrder, ModifyManualOrder, ClosePosition, DisableStrategy)
 
 
@@ -91,7 +89,9 @@ def _order(item: tuple[int, int, str, Any, Any]) -> tuple[int, int, str, Any]:
     return item[0], item[1], item[2], item[3]
 
 
-class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
+class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
+    STEP = "desk"
+
     def __init__(
         self,
         desk: TradingDesk | None,
@@ -103,16 +103,7 @@ class DeskLogic(op.StatefulBatchLogic[Any, Any, TradingDesk]):
         self.desk, self.factory, self.clock, self.recovery = desk, factory, clock, recovery
         self.last_event = 0
         self.last_tick_wall = 0
-        self.published = published if clock is not None else None  # taken back once, live only
-
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
-        if self.clock is None:  # a replay is timed as a whole
-            return self._process(values)
-        t0 = time.perf_counter()
-        try:
-            return self._process(values)
-        finally:
-            _DESK_STEP.observe(time.perf_counter() - t0)
+        self.published = published  # taken back once, before the first live batch
 
     def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         desk = self.desk

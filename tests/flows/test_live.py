@@ -10,6 +10,7 @@ from datetime import date, timedelta
 
 from bytewax.testing import run_main
 from confluent_kafka import Producer
+from prometheus_client import REGISTRY
 
 from connectors.brokers.universe import build_universe
 from connectors.kafka import KafkaClientConfig
@@ -97,6 +98,7 @@ def test_live_mode_closes_an_idle_instruments_bar_on_time(kafka: KafkaClientConf
     grace = timedelta(milliseconds=300)
     acfg = AnalyticsConfig(timeframes=("1s", "1m"), indicators=("ema:3",), publish_timeframes=())
     clock = MarketClock(grace)
+    timed_before = REGISTRY.get_sample_value("ticktape_step_batch_seconds_count", {"step": "instrument"}) or 0.0
     flow = live.build(kafka, catalog, universe, PipelineConfig(analytics=acfg, clock=clock), tail=True)
     runner = threading.Thread(target=run_main, args=(flow,), daemon=True)
     runner.start()
@@ -147,6 +149,8 @@ def test_live_mode_closes_an_idle_instruments_bar_on_time(kafka: KafkaClientConf
     assert -50 <= late_by_ms <= 100, f"closed {late_by_ms:.0f} ms after bar end + grace"
     dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"), 1)]
     assert dlq == []  # live ticks in order: nothing late
+    timed = REGISTRY.get_sample_value("ticktape_step_batch_seconds_count", {"step": "instrument"}) - timed_before
+    assert timed >= 10, f"{timed} instrument batches timed"  # live: every batch of A and B (46 here)
 
 
 def test_late_and_undecodable_ticks_go_to_the_dead_letter_topic(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
