@@ -160,7 +160,7 @@ class TradingDesk:
         gate, stops, venue = self.gate, self.stops, self.venue
         self._run(gate.release(now), now, out)  # the gate is in today's session before it takes anything
         events = list(published)
-        settled = {e.client_order_id for e in events if type(e) is OrderUpdate and e.status.terminal}
+        finals = {e.client_order_id: e for e in events if type(e) is OrderUpdate and e.status.terminal}
         taken, adopted = 0, []
         for e in events:
             kind = type(e)
@@ -182,10 +182,9 @@ class TradingDesk:
             self._stop_orders(stop_orders, now, self._work)
             self._run((), now, out)
             state = venue.absorb(e) if venue is not None else None
-            if state is not None and state.status.terminal and state.client_order_id not in settled:
+            if state is not None and state.status.terminal and state.client_order_id not in finals:
                 self._run((state,), now, out)  # its fill was published, its final update was not
         if venue is not None:  # what the venue was asked but its state does not show
-            finals = {e.client_order_id: e for e in events if type(e) is OrderUpdate and e.status.terminal}
             fills: dict[str, list[Fill]] = {}
             for e in events:
                 if type(e) is Fill:
@@ -194,7 +193,7 @@ class TradingDesk:
                 coid = o.client_order_id
                 self._run(venue.take_back(o, fills.get(coid, []), finals.get(coid), now), now, out)
             for e in events:
-                if type(e) is CancelOrder and e.client_order_id not in settled:
+                if type(e) is CancelOrder and e.client_order_id not in finals:
                     self._run(venue.cancel(e, now), now, out)
         return taken
 

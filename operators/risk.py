@@ -399,75 +399,63 @@ class RiskGate:
 
     def on_manual(self, cmd: ManualOrder, price: float | None, now: int) -> list[RiskOutput]:
         """An operator's order through the same gate (book key ``manual``; reducing ones act as exits)."""
-        self._own(cmd.account)
-        out: list[RiskOutput] = []
-        self._advance(now, out)
-        if self._seen(cmd.command_id):
-            return out
-        self._place_manual(cmd, price, now, out)
-        self._update_wake(now)
-        return out
+        return self._once(cmd, now, lambda out: self._place_manual(cmd, price, now, out))
 
     def cancel_manual(self, cmd: CancelManualOrder, now: int) -> list[RiskOutput]:
         """Withdraw a working operator order: a queued one never leaves (``OPERATOR_CANCEL``), a
         sent one gets a :class:`CancelOrder`."""
-        self._own(cmd.account)
-        out: list[RiskOutput] = []
-        self._advance(now, out)
-        if not self._seen(cmd.command_id):
+
+        def apply(out: list[RiskOutput]) -> None:
             w = self._manual_working(cmd.client_order_id, cmd, now, out)
             if w is not None:
                 self._withdraw(cmd.client_order_id, w, f"cancelled by {cmd.issued_by} ({cmd.command_id})", now, out)
-        self._update_wake(now)
-        return out
+
+        return self._once(cmd, now, apply)
 
     def modify_manual(self, cmd: ModifyManualOrder, price: float | None, now: int) -> list[RiskOutput]:
         """Cancel and replace a working operator order. The replacement (the old order with the
         new qty / price / trigger) passes every check of a new manual order, as if the old one
         were gone; if the old order fills before its cancel lands, both execute - as at any
         venue without a native modify."""
-        self._own(cmd.account)
-        out: list[RiskOutput] = []
-        self._advance(now, out)
-        if not self._seen(cmd.command_id):
+
+        def apply(out: list[RiskOutput]) -> None:
             coid = cmd.client_order_id
             w = self._manual_working(coid, cmd, now, out)
-            if w is not None:
-                old = self._manual[coid]
-                new = ManualOrder(
-                    command_id=cmd.command_id, account=cmd.account, issued_by=cmd.issued_by, ts_event=cmd.ts_event,
-                    ts_init=cmd.ts_init, instrument=old.instrument, side=old.side,
-                    qty=cmd.qty if cmd.qty is not None else w.remaining, order_type=old.order_type,
-                    product=old.product, price=cmd.price if cmd.price is not None else old.price,
-                    trigger_price=cmd.trigger_price if cmd.trigger_price is not None else old.trigger_price,
-                )  # fmt: skip
-                self._withdraw(coid, w, f"replaced by {cmd.command_id}", now, out)
-                hidden = self._working.pop(coid, None)  # checked as if gone; kept for its fills and final update
-                try:
-                    self._place_manual(new, price, now, out)
-                finally:
-                    if hidden is not None:
-                        self._working[coid] = hidden
-        self._update_wake(now)
-        return out
+            if w is None:
+                return
+            old = self._manual[coid]
+            new = ManualOrder(
+                command_id=cmd.command_id, account=cmd.account, issued_by=cmd.issued_by, ts_event=cmd.ts_event,
+                ts_init=cmd.ts_init, instrument=old.instrument, side=old.side,
+                qty=cmd.qty if cmd.qty is not None else w.remaining, order_type=old.order_type,
+                product=old.product, price=cmd.price if cmd.price is not None else old.price,
+                trigger_price=cmd.trigger_price if cmd.trigger_price is not None else old.trigger_price,
+            )  # fmt: skip
+            self._withdraw(coid, w, f"replaced by {cmd.command_id}", now, out)
+            hidden = self._working.pop(coid, None)  # checked as if gone; kept for its fills and final update
+            try:
+                self._place_manual(new, price, now, out)
+            finally:
+                if hidden is not None:
+                    self._working[coid] = hidden
+
+        return self._once(cmd, now, apply)
 
     def close_position(self, cmd: ClosePosition, price: float | None, now: int) -> list[RiskOutput]:
         """Flatten one (strategy, instrument) position: a flat target through the gate."""
-        self._own(cmd.account)
-        out: list[RiskOutput] = []
-        self._advance(now, out)
-        if self._seen(cmd.command_id):
-            return out
-        if self.book.qty(cmd.strategy, cmd.instrument) == 0:
-            detail = f"no open position of {cmd.strategy} in {cmd.instrument}"
-            out.append(self._rejected(cmd.strategy, cmd.instrument, Reason.EXCEEDS_POSITION, detail, cmd.ts_event, now,
-                                      cmd.command_id))  # fmt: skip
-            return out
-        flat = TargetPosition(strategy=cmd.strategy, account=self.account, instrument=cmd.instrument, target_qty=0,
-                              ts_event=now, ts_init=now, signal_id=cmd.command_id,
-                              reason=f"closed by {cmd.issued_by}")  # fmt: skip
-        out.extend(self.on_target(flat, price, now))
-        return out
+
+        def apply(out: list[RiskOutput]) -> None:
+            if self.book.qty(cmd.strategy, cmd.instrument) == 0:
+                detail = f"no open position of {cmd.strategy} in {cmd.instrument}"
+                out.append(self._rejected(cmd.strategy, cmd.instrument, Reason.EXCEEDS_POSITION, detail, cmd.ts_event,
+                                          now, cmd.command_id))  # fmt: skip
+                return
+            flat = TargetPosition(strategy=cmd.strategy, account=self.account, instrument=cmd.instrument,
+                                  target_qty=0, ts_event=now, ts_init=now, signal_id=cmd.command_id,
+                                  reason=f"closed by {cmd.issued_by}")  # fmt: skip
+            out.extend(self.on_target(flat, price, now))
+
+        return self._once(cmd, now, apply)
 
     def adopt(self, item: OrderIntent | CancelOrder) -> bool:
         """Take back an intent or cancel this gate issued but its state does not hold (a restart
@@ -504,6 +492,17 @@ class RiskGate:
         """The instrument of operator order ``coid`` (None when unknown)."""
         o = self._manual.get(coid)
         return o.instrument if o is not None else None
+
+    def _once(self, cmd: Halt | ManualOrder | CancelManualOrder | ModifyManualOrder | ClosePosition, now: int,
+              apply: Callable[[list[RiskOutput]], None]) -> list[RiskOutput]:  # fmt: skip
+        """A command's outputs: ``apply`` runs once per command id (a repeat counts as a duplicate)."""
+        self._own(cmd.account)
+        out: list[RiskOutput] = []
+        self._advance(now, out)
+        if not self._seen(cmd.command_id):
+            apply(out)
+        self._update_wake(now)
+        return out
 
     def _seen(self, command_id: str) -> bool:
         """True for a command already applied (counted as a duplicate); records it otherwise."""
@@ -686,14 +685,8 @@ class RiskGate:
 
     def halt(self, cmd: Halt, now: int) -> list[RiskOutput]:
         """Kill switch: HALTED, queued entries refused, working non-exits cancelled, everything flattened."""
-        self._own(cmd.account)
-        out: list[RiskOutput] = []
-        self._advance(now, out)
-        if cmd.command_id not in self._commands:
-            self._commands.add(cmd.command_id)
-            self._enter_halt(Reason.HALTED, f"{cmd.reason} (by {cmd.issued_by})", now, out)
-        self._update_wake(now)
-        return out
+        return self._once(cmd, now, lambda out: self._enter_halt(Reason.HALTED, f"{cmd.reason} (by {cmd.issued_by})",
+                                                                 now, out))  # fmt: skip
 
     def resume(self, cmd: Resume, now: int) -> list[RiskOutput]:
         """Back to ACTIVE; the only way out of REDUCING or HALTED."""

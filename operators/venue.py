@@ -228,6 +228,11 @@ class _Order:
     fills: int = 0
     brokerage: Decimal = _ZERO
 
+    def count_fill(self, qty: int, price: float) -> None:
+        self.filled_qty += qty
+        self.notional += qty * price
+        self.fills += 1  # numbers the next trade id
+
 
 class SimVenue:
     """A deterministic, picklable simulated venue; see the module docstring for its exact rules.
@@ -314,9 +319,7 @@ class SimVenue:
             return []
         order = self._new_order(intent, f"{self.name}-{intent.client_order_id}", book, now)
         for f in fills:
-            order.filled_qty += f.qty
-            order.notional += f.qty * f.price
-            order.fills += 1
+            order.count_fill(f.qty, f.price)
         if final is not None:
             order.status = final.status
         elif order.filled_qty >= intent.qty:
@@ -337,9 +340,7 @@ class SimVenue:
         if order is None or order.status not in WORKING:
             return None
         if isinstance(ev, Fill):
-            order.filled_qty += ev.qty
-            order.notional += ev.qty * ev.price
-            order.fills += 1
+            order.count_fill(ev.qty, ev.price)
             order.status = _S.COMPLETE if order.filled_qty >= order.intent.qty else _S.PARTIALLY_FILLED
             order.ts_event, order.ts_init = ev.ts_event, ev.ts_init
         elif ev.status.terminal:
@@ -430,9 +431,7 @@ class SimVenue:
         it = order.intent
         charges = self.charges.for_fill(inst, it.product, it.side, qty, price, brokerage_charged=order.brokerage)
         order.brokerage += charges.brokerage
-        order.filled_qty += qty
-        order.notional += qty * price
-        order.fills += 1
+        order.count_fill(qty, price)
         order.status = _S.COMPLETE if order.filled_qty == it.qty else _S.PARTIALLY_FILLED
         order.ts_event, order.ts_init = ts_event, ts_init
         out.append(

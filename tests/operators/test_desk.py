@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 from typing import Any
 
 from operators.desk import TradingDesk
@@ -84,8 +85,6 @@ def _target(qty: int, n: int, ts: int) -> Any:
 def test_restore_takes_back_what_was_published_after_the_snapshot() -> None:
     """A restart from a snapshot older than the last outputs: the published intents and fills
     come back into the state; re-deciding the same signal trades nothing; positions agree."""
-    import pickle
-
     d, published = desk(), []
     d.on_target(_target(10, 1, T0), T0, published)
     snapshot, mark = pickle.dumps(d), len(published)
@@ -116,10 +115,10 @@ def test_restore_takes_back_what_was_published_after_the_snapshot() -> None:
 
 def test_restore_hands_an_unfinished_order_to_the_venue() -> None:
     d, published = desk(), []
-    snapshot = __import__("pickle").dumps(d)
+    snapshot = pickle.dumps(d)
     d.on_command(cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.LIMIT,
                      price=1490.0), T0, published)  # fmt: skip
-    restored: TradingDesk = __import__("pickle").loads(snapshot)
+    restored: TradingDesk = pickle.loads(snapshot)
     out: list[Any] = []
     assert restored.restore(published, T0, out) == 1
     assert updates(out) == [(published[0].client_order_id, OrderStatus.OPEN)]  # resting at the venue again
@@ -128,8 +127,6 @@ def test_restore_hands_an_unfinished_order_to_the_venue() -> None:
 
 
 def test_restore_completes_an_order_whose_final_update_was_lost() -> None:
-    import pickle
-
     d, published = desk(), []
     d.on_command(cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.LIMIT,
                      price=1490.0), T0, published)  # fmt: skip
