@@ -145,12 +145,18 @@ def _seed(url: str) -> None:
     t0 = datetime(2026, 11, 23, 3, 45, tzinfo=UTC)
     with psycopg.connect(url, autocommit=True) as conn:
         upsert_instruments(conn, build_universe(t0.date(), 500))
-        iid = conn.execute("SELECT id FROM instruments WHERE symbol = 'NSE:INFY'").fetchone()[0]
+        # A realistic table, not one instrument's rows: every instrument's 1m bars for the
+        # asked day and the day before (375k rows), analyzed, so the query must find its
+        # 375 rows through the (instrument, timeframe, time) index as it would in production.
+        ids = [r[0] for r in conn.execute("SELECT id FROM instruments ORDER BY id").fetchall()]
         with conn.cursor().copy("COPY ohlc_candles (time, instrument_id, timeframe, open_price, high_price, low_price, "
                                 "close_price, volume, trade_count, vwap, oi) FROM STDIN") as cp:  # fmt: skip
-            for k in range(375):
-                cp.write_row((t0 + timedelta(minutes=k), iid, "1m", 100, 101, 99, 100.5, 1000, 10, 100.2, 0))
-        ids = [r[0] for r in conn.execute("SELECT id FROM instruments ORDER BY id LIMIT 40").fetchall()]
+            for day in (t0 - timedelta(days=1), t0):
+                for iid in ids:
+                    for k in range(375):
+                        cp.write_row((day + timedelta(minutes=k), iid, "1m", 100, 101, 99, 100.5, 1000, 10, 100.2, 0))
+        conn.execute("ANALYZE ohlc_candles")
+        ids = ids[:40]
         for k, i in enumerate(ids):
             conn.execute(
                 "INSERT INTO positions (account, strategy_id, instrument_id, quantity, average_entry_price, current_price,"
