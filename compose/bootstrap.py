@@ -4,7 +4,9 @@
 
 ``--sim-instruments`` upserts the simulator's instrument master for today into ``instruments``
 (``flows.live`` loads its universe from that table and ``flows.ingest`` only runs the
-simulator so far). Drop it once a broker instrument refresh exists.
+simulator so far). It only adds: a (re)start never deactivates rows a broker master loaded.
+Replacing the master (and retiring expired contracts) is the daily cron job's
+``ticktape instruments refresh``.
 
 ``--live-recovery`` creates (or, after the broker's cluster id changed, recreates) the Bytewax
 recovery store of ``flows.live`` under ``$TICKTAPE_HOME/recovery/live`` and prints the

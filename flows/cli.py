@@ -521,7 +521,14 @@ def _register_backtests() -> None:
     app.command(help=replay.__doc__)(replay)
 
 
+def _register_instruments() -> None:
+    from flows.cli_instruments import instruments_app
+
+    app.add_typer(instruments_app, name="instruments")
+
+
 _register_backtests()
+_register_instruments()
 
 
 def main() -> None:

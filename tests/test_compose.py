@@ -752,31 +752,22 @@ def _fake(path: Path, body: str) -> Path:
     return path
 
 
-def test_refresh_instruments_refuses_without_a_cli_command(tmp_path: Path) -> None:
+def test_refresh_instruments_runs_the_cli_and_passes_its_failure_on(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
-    # The CLI's help as it is today: no instruments command.
-    cli = _fake(tmp_path / "cli", f"""\
-        echo "$*" >> {calls}
-        if [[ "$1" == --help ]]; then printf '│ topics   Kafka topics\\n│ db       PostgreSQL\\n'; fi
-        """)  # fmt: skip
-    r = _run("refresh-instruments.sh", {"CLI_WRAPPER": str(cli)})
-    assert r.returncode == 69
-    assert "no 'instruments' command" in r.stderr
-    assert calls.read_text().split("\n")[:-1] == ["--help"]
-    # Once the command exists, the script runs it.
-    cli = _fake(tmp_path / "cli2", f"""\
-        echo "$*" >> {calls}
-        if [[ "$1" == --help ]]; then printf '│ instruments  Instrument master\\n'; fi
-        """)  # fmt: skip
-    calls.unlink()
+    cli = _fake(tmp_path / "cli", f'echo "$*" >> {calls}\n')
     r = _run("refresh-instruments.sh", {"CLI_WRAPPER": str(cli)})
     assert r.returncode == 0, r.stderr
-    assert calls.read_text().split("\n")[:-1] == ["--help", "instruments refresh"]
-    # A CLI that cannot run at all is reported as such, not as a missing command.
-    broken = _fake(tmp_path / "cli3", "echo 'Cannot connect to the Docker daemon' >&2; exit 1\n")
+    assert "refreshing from simulator" in r.stdout
+    r = _run("refresh-instruments.sh", {"CLI_WRAPPER": str(cli), "INSTRUMENTS_SOURCE": "kite",
+                                        "INSTRUMENTS_EXCHANGES": "NSE NFO"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert calls.read_text().splitlines() == ["instruments refresh simulator",
+                                              "instruments refresh kite --exchange NSE --exchange NFO"]  # fmt: skip
+    # A malformed dump (the CLI exits 2) fails the job with that status and says nothing changed.
+    broken = _fake(tmp_path / "cli2", "echo 'line 5, column expiry' >&2; exit 2\n")
     r = _run("refresh-instruments.sh", {"CLI_WRAPPER": str(broken)})
-    assert r.returncode == 1
-    assert "cannot run the ticktape CLI" in r.stderr
+    assert r.returncode == 2
+    assert "FAILED (exit 2); the instrument master was not changed" in r.stderr
 
 
 def test_backup_dumps_checks_and_rotates(tmp_path: Path) -> None:

@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# Daily instrument master refresh (cron, before the market opens).
+# Daily instrument master refresh (cron, before the market opens): `ticktape instruments refresh`.
 #
-# It calls `ticktape instruments refresh` when the CLI has an `instruments` command. The CLI
-# has none yet (see `ticktape --help`; only `ticktape up` and the compose init service load
-# the simulator's instrument master), so today this script says so and fails rather than
-# pretend a refresh happened.
+#   INSTRUMENTS_SOURCE     kite       Kite's daily instruments dump
+#                          simulator  the simulator's master for today (the default: what the
+#                                     compose stack trades on; its expiries roll with the date)
+#                          a path or http(s) URL of a dump in Kite's columns
+#   INSTRUMENTS_EXCHANGES  space-separated exchanges to load, e.g. "NSE NFO" (default: all in the source)
+#
+# The refresh upserts the source's rows and deactivates what it no longer lists, in one
+# transaction; a download failure (exit 1) or a malformed row (exit 2) changes nothing.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cli="${CLI_WRAPPER:-${here}/ticktape-cli.sh}"
+source="${INSTRUMENTS_SOURCE:-simulator}"
 
-if ! help_text="$("${cli}" --help 2>&1)"; then
-    echo "refresh-instruments: cannot run the ticktape CLI through ${cli}:" >&2
-    echo "${help_text}" >&2
-    exit 1
-fi
-if ! grep -Eq '^[^a-z]*instruments[[:space:]]' <<<"${help_text}"; then
-    echo "refresh-instruments: the ticktape CLI has no 'instruments' command; nothing was refreshed." >&2
-    echo "refresh-instruments: the simulator's instruments are loaded by the compose init service" >&2
-    echo "refresh-instruments: (docker compose up init); a broker instrument refresh does not exist yet." >&2
-    exit 69  # EX_UNAVAILABLE
-fi
+args=(instruments refresh "${source}")
+for exchange in ${INSTRUMENTS_EXCHANGES:-}; do
+    args+=(--exchange "${exchange}")
+done
 
-echo "refresh-instruments: refreshing ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
-"${cli}" instruments refresh
+echo "refresh-instruments: refreshing from ${source} ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
+status=0
+"${cli}" "${args[@]}" || status=$?
+if [[ ${status} -ne 0 ]]; then
+    echo "refresh-instruments: FAILED (exit ${status}); the instrument master was not changed" >&2
+    exit "${status}"
+fi
 echo "refresh-instruments: done"
