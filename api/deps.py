@@ -126,8 +126,14 @@ def encoded_json(content: object, response: Response | None = None) -> Response:
     """``content`` (rows or a page of them, already shaped like the route's response model)
     as JSON, with the headers dependencies set on the route's ``response`` (a returned
     response replaces that one)."""
+    return json_body(_json.encode(content), response)
+
+
+def json_body(body: bytes, response: Response | None = None) -> Response:
+    """JSON already encoded (by msgspec, or by PostgreSQL), with the headers dependencies set
+    on the route's ``response``."""
     headers = response.headers if response is not None else None
-    return Response(_json.encode(content), media_type="application/json", headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,24 @@
 """Instruments and stored market data: candles, ticks, depth (paged, time-bounded).
 
 These are the API's busiest reads (a chart asks for a day of 1m candles at a time), so they
-are ``async def`` on the async pool and answer pre-encoded JSON (see :mod:`api.deps`): each
-query selects the response model's fields, in order, with numerics cast to ``float8``. A
-series for one instrument is one round trip (the instrument master is joined, not looked up
-first); only an empty answer asks the master whether the instrument exists (404 if not).
+are ``async def`` on the async pool and answer JSON encoded once: each query selects the
+response model's fields, in order, with numerics cast to ``float8``. The instrument list is
+encoded by msgspec (see :mod:`api.deps`); a series (candles, ticks, depth: hundreds of rows)
+is written by PostgreSQL itself (``json_agg``), so its values never become Python objects.
+A series for one instrument is one round trip (the instrument master is joined, not looked
+up first); only an empty answer asks the master whether the instrument exists (404 if not).
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Annotated, Any, LiteralString
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel
 
-from api.deps import AConn, Page, Paged, TimeRange, encoded_json, model_rows, time_range
+from api.deps import AConn, Page, Paged, TimeRange, encoded_json, json_body, model_rows, time_range
 from api.errors import PROBLEM_RESPONSES, ApiError
 
 router = APIRouter(tags=["market data"], responses=PROBLEM_RESPONSES)
@@ -75,18 +78,31 @@ class DepthOut(BaseModel):
     ask_quantities: list[int]
 
 
-async def _series(conn: AConn, model: type[BaseModel], query: LiteralString, args: dict[str, Any]) -> list[Any]:
-    """The rows of ``query`` (``model``'s fields, from a table joined to the instrument master
-    as ``i`` on ``i.symbol = %(instrument)s``). Only when there are none is the master asked
-    whether it knows the instrument at all: 404 if not, else the range is simply empty."""
-    async with conn.cursor(row_factory=model_rows(model), binary=True) as cur:
-        await cur.execute(query, args)
-        rows: list[Any] = await cur.fetchall()
-    if not rows:
+@functools.cache
+def _as_json_array(query: LiteralString, order: LiteralString) -> LiteralString:
+    """``query`` wrapped so PostgreSQL answers its rows as one JSON array (one text value).
+
+    The busiest reads return hundreds of rows; PostgreSQL's ``json_agg`` writes them in C in
+    the database process, where the API process would otherwise load every value into Python
+    and encode it again: at 500 candle requests a second that work saturated the API's one
+    core (tests/bench/test_bench_api.py). The keys are the query's column names: the query
+    names exactly the fields of the route's response model, in order (numerics cast to float8,
+    which JSON writes shortest), and the route tests compare real rows' keys with the model."""
+    return f"SELECT coalesce(json_agg(r ORDER BY {order}), '[]')::text FROM ({query}) r"  # type: ignore[return-value]
+
+
+async def _series(conn: AConn, query: LiteralString, order: LiteralString, args: dict[str, Any]) -> bytes:
+    """The rows of ``query`` (the response model's fields, from a table joined to the instrument master
+    as ``i`` on ``i.symbol = %(instrument)s``) as a JSON array, ordered by ``order`` (columns
+    of the query as ``r``). Only when there are none is the master asked whether it knows the
+    instrument at all: 404 if not, else the range is simply empty."""
+    cur = await conn.execute(_as_json_array(query, order), args)
+    body: str = (await cur.fetchone() or ("[]",))[0]
+    if body == "[]":
         known = await conn.execute("SELECT 1 FROM instruments WHERE symbol = %s", (args["instrument"],))
         if await known.fetchone() is None:
             raise ApiError(404, "Unknown instrument", f"{args['instrument']} is not in the instrument master")
-    return rows
+    return body.encode()
 
 
 def _window(instrument: str, span: TimeRange, page: Page) -> dict[str, Any]:
@@ -135,17 +151,17 @@ async def candles(
     timeframe: Annotated[str, Query(pattern=r"^(1s|5s|1m|5m|15m|1h|1d)$")] = "1m",
 ) -> Response:
     """Closed candles of ``timeframe`` opening in [from, to), oldest first."""
-    rows = await _series(
+    body = await _series(
         conn,
-        CandleOut,
         """SELECT c.time, c.open_price::float8 AS open, c.high_price::float8 AS high, c.low_price::float8 AS low,
                   c.close_price::float8 AS close, c.volume, c.trade_count, c.vwap::float8 AS vwap, c.oi
            FROM ohlc_candles c JOIN instruments i ON i.id = c.instrument_id
            WHERE i.symbol = %(instrument)s AND c.timeframe = %(timeframe)s AND c.time >= %(start)s AND c.time < %(end)s
            ORDER BY c.time LIMIT %(limit)s OFFSET %(offset)s""",
+        "r.time",
         {**_window(instrument, span, page), "timeframe": timeframe},
     )
-    return encoded_json(rows, response)
+    return json_body(body, response)
 
 
 @router.get("/api/market-data/{instrument}/ticks", response_model=list[TickOut])
@@ -157,17 +173,17 @@ async def ticks(
     response: Response,
 ) -> Response:
     """Stored ticks in [from, to), oldest first (at most one day per request)."""
-    rows = await _series(
+    body = await _series(
         conn,
-        TickOut,
         """SELECT t.time, t.seq, t.price::float8 AS price, t.quantity, t.volume, t.oi, t.bid::float8 AS bid,
                   t.ask::float8 AS ask
            FROM tick_data t JOIN instruments i ON i.id = t.instrument_id
            WHERE i.symbol = %(instrument)s AND t.time >= %(start)s AND t.time < %(end)s
            ORDER BY t.time, t.seq LIMIT %(limit)s OFFSET %(offset)s""",
+        "r.time, r.seq",
         _window(instrument, span, page),
     )
-    return encoded_json(rows, response)
+    return json_body(body, response)
 
 
 @router.get("/api/market-data/{instrument}/depth", response_model=list[DepthOut])
@@ -179,14 +195,14 @@ async def depth(
     response: Response,
 ) -> Response:
     """Stored 5-level order book snapshots in [from, to), oldest first."""
-    rows = await _series(
+    body = await _series(
         conn,
-        DepthOut,
         """SELECT d.time, d.bid_prices::float8[] AS bid_prices, d.bid_quantities, d.ask_prices::float8[] AS ask_prices,
                   d.ask_quantities
            FROM order_book_snapshots d JOIN instruments i ON i.id = d.instrument_id
            WHERE i.symbol = %(instrument)s AND d.time >= %(start)s AND d.time < %(end)s
            ORDER BY d.time LIMIT %(limit)s OFFSET %(offset)s""",
+        "r.time",
         _window(instrument, span, page),
     )
-    return encoded_json(rows, response)
+    return json_body(body, response)

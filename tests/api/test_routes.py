@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from api.app import create_app
+from api.routes import market
 from api.security import create_user
 from connectors.brokers.universe import build_universe
 from connectors.kafka import KafkaClientConfig, read_all
@@ -55,6 +56,11 @@ def _seed(url: str) -> None:
                 "VALUES (%s, %s, %s, %s, 1, %s, 0, 99.9, 100.1, 'NSE')",
                 (T0 + timedelta(seconds=k), iid, k, 100 + k, k + 1),
             )
+        conn.execute(
+            "INSERT INTO order_book_snapshots (time, instrument_id, bid_prices, bid_quantities, ask_prices, ask_quantities)"
+            " VALUES (%s, %s, '{99.95,99.9}', '{10,20}', '{100.05,100.1}', '{5,15}')",
+            (T0 + timedelta(seconds=2), iid),
+        )
 
 
 @pytest.fixture
@@ -101,7 +107,16 @@ def test_market_data_with_time_limits(client: TestClient) -> None:
     assert len(client.get("/api/market-data/NSE:INFY/candles", params={**window, "limit": 2}).json()) == 2
     ticks = client.get("/api/market-data/NSE:INFY/ticks", params=window).json()
     assert [t["seq"] for t in ticks] == [0, 1, 2, 3, 4]
-    assert client.get("/api/market-data/NSE:INFY/depth", params=window).json() == []
+    depth = client.get("/api/market-data/NSE:INFY/depth", params=window).json()
+    assert depth == [{"time": "2026-11-23T03:45:02+00:00", "bid_prices": [99.95, 99.9], "bid_quantities": [10, 20],
+                      "ask_prices": [100.05, 100.1], "ask_quantities": [5, 15]}]  # fmt: skip
+    # PostgreSQL writes these answers: each row has exactly the response model's fields, in order.
+    for rows, model in ((candles, market.CandleOut), (ticks, market.TickOut), (depth, market.DepthOut)):
+        assert all(list(row) == list(model.model_fields) for row in rows), (model.__name__, rows[0])
+        assert [model.model_validate(row) for row in rows]
+    assert ticks[1] == {"time": "2026-11-23T03:45:01+00:00", "seq": 1, "price": 101, "quantity": 1, "volume": 2,
+                        "oi": 0, "bid": 99.9, "ask": 100.1}  # fmt: skip
+    assert client.get("/api/market-data/NSE:INFY/depth", params={**window, "from": window["to"]}).json() == []
     assert "NSE:NOPE" in _problem(client.get("/api/market-data/NSE:NOPE/candles", params=window), 404)["detail"]
     too_long = client.get(
         "/api/market-data/NSE:INFY/ticks",
