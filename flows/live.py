@@ -33,7 +33,15 @@ import msgspec
 from bytewax.dataflow import Dataflow, Stream
 
 from connectors.history import stored_candle
-from connectors.kafka import HEARTBEAT, KafkaClientConfig, OrderedSource, ProducerSink, Record, RecordSource
+from connectors.kafka import (
+    HEARTBEAT,
+    DeliveredProducerSink,
+    KafkaClientConfig,
+    OrderedSource,
+    ProducerSink,
+    Record,
+    RecordSource,
+)
 from flows.pipeline import MarketClock, PipelineConfig, build_market, strategy_commands
 from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
@@ -139,7 +147,10 @@ def build(
     if dlq is not None:
         outputs.append(dlq)
     records = outputs[0] if len(outputs) == 1 else op.merge("all_records", *outputs)
-    op.output("publish", records, ProducerSink(client.producer()))
+    if cfg.recovery:  # every snapshot waits for the broker: a restart never assumes an output that was lost
+        op.output("publish", op.map("for_sink", records, lambda r: ("", r)), DeliveredProducerSink(client.producer()))
+    else:
+        op.output("publish", records, ProducerSink(client.producer()))
     return flow
 
 
