@@ -108,7 +108,7 @@ SELECT DISTINCT ON (s.client_order_id) s.client_order_id, s.account, s.strategy,
        s.avg_price, NULLIF(s.reason, ''), s.time, s.time, s.ts,
        CASE WHEN s.status = 'COMPLETE' THEN s.time END, CASE WHEN s.status = 'CANCELLED' THEN s.time END
 FROM stage_order_updates s JOIN instruments i ON i.symbol = s.symbol
-ORDER BY s.client_order_id, s.ts DESC, s.filled DESC, (s.status IN {_TERMINAL}) DESC, s.stage_seq DESC
+ORDER BY s.client_order_id, (s.status IN {_TERMINAL}) DESC, s.filled DESC, s.ts DESC, s.stage_seq DESC
 ON CONFLICT (client_order_id) DO UPDATE
 SET current_status = EXCLUDED.current_status, filled_quantity = EXCLUDED.filled_quantity,
     average_price = EXCLUDED.average_price, broker_order_id = EXCLUDED.broker_order_id, venue = EXCLUDED.venue,
@@ -116,7 +116,8 @@ SET current_status = EXCLUDED.current_status, filled_quantity = EXCLUDED.filled_
     executed_at = COALESCE(EXCLUDED.executed_at, o.executed_at),
     cancelled_at = COALESCE(EXCLUDED.cancelled_at, o.cancelled_at)
 WHERE o.current_status NOT IN {_TERMINAL}
-  AND (o.last_event_ns, o.filled_quantity) <= (EXCLUDED.last_event_ns, EXCLUDED.filled_quantity);
+  AND (EXCLUDED.current_status IN {_TERMINAL} OR EXCLUDED.filled_quantity > o.filled_quantity
+       OR (o.last_event_ns, o.filled_quantity) <= (EXCLUDED.last_event_ns, EXCLUDED.filled_quantity));
 INSERT INTO order_history (order_id, status, filled_quantity, timestamp, details)
 SELECT o.id, s.status, s.filled, s.time,
        jsonb_build_object('avg_price', s.avg_price, 'reason', s.reason, 'venue_order_id', s.venue_order_id)

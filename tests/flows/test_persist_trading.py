@@ -128,6 +128,11 @@ def test_orders_fills_positions_and_commands_are_recorded_once(kafka, catalog: T
             _update("A1", OrderStatus.OPEN, 0, T0 + 1),  # a duplicate, late
             _update("B1", OrderStatus.OPEN, 0, T0 + 5),
             _update("B1", OrderStatus.CANCELLED, 0, T0 + 6),
+            # Replayed after a restart from an older snapshot, an order's events can go back in
+            # time: a working state stamped later than its fill. Filled and final still win.
+            _update("C1", OrderStatus.TRIGGER_PENDING, 0, T0 + 50_000),
+            _update("C1", OrderStatus.COMPLETE, 10, T0 + 20_000),
+            _update("C1", OrderStatus.TRIGGER_PENDING, 0, T0 + 60_000),
         ],
     )
     _produce(
@@ -136,6 +141,7 @@ def test_orders_fills_positions_and_commands_are_recorded_once(kafka, catalog: T
         [
             _intent("A1", 10),
             _intent("B1", 10),
+            _intent("C1", 10),
             CancelOrder(client_order_id="B1", account="paper", instrument=SYM, ts_event=T0 + 6, ts_init=T0 + 6),
         ],
     )
@@ -199,13 +205,22 @@ def test_orders_fills_positions_and_commands_are_recorded_once(kafka, catalog: T
             assert [(o[0], o[1], o[2], o[3], float(o[4]), o[6]) for o in orders] == [
                 ("A1", "COMPLETE", 10, "ENTRY", 1480.0, 10),
                 ("B1", "CANCELLED", 0, "ENTRY", 1480.0, 10),
+                ("C1", "COMPLETE", 10, "ENTRY", 1480.0, 10),
             ]
             assert all(o[5].startswith("ema1|") for o in orders)
             history = conn.execute(
                 "SELECT o.client_order_id, h.status, h.filled_quantity FROM order_history h JOIN orders o "
-                "ON o.id = h.order_id ORDER BY h.timestamp"
+                "ON o.id = h.order_id ORDER BY h.timestamp, o.client_order_id, h.filled_quantity, h.status DESC"
             ).fetchall()
-            assert history == [("A1", "OPEN", 0), ("A1", "COMPLETE", 10), ("B1", "OPEN", 0), ("B1", "CANCELLED", 0)]
+            assert history == [
+                ("A1", "OPEN", 0),
+                ("A1", "COMPLETE", 10),
+                ("B1", "OPEN", 0),
+                ("B1", "CANCELLED", 0),
+                ("C1", "COMPLETE", 10),
+                ("C1", "TRIGGER PENDING", 0),
+                ("C1", "TRIGGER PENDING", 0),
+            ]
             fills = conn.execute("SELECT trade_id, quantity FROM fills ORDER BY trade_id").fetchall()
             assert fills == [("T1", 4), ("T2", 6)]
             pos = conn.execute("SELECT quantity, realized_pnl, status FROM positions").fetchall()
