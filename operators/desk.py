@@ -66,6 +66,12 @@ _GATED = (OrderPurpose.ENTRY, OrderPurpose.MANUAL)
 class TradingDesk:
     """Gate, stops and venue of one account (see the module docstring)."""
 
+    # After :meth:`restore`: the newest event time on record. The catch-up after a restart
+    # replays ticks the record already covers; acting on them would trigger stops and fill
+    # orders at times before the events taken back, so they are passed over (the strategies
+    # likewise only trade on new ticks). A class attribute, so older snapshots have it too.
+    quiet_until = 0
+
     def __init__(
         self,
         account: str,
@@ -87,7 +93,10 @@ class TradingDesk:
     def on_ticks(self, ticks: Iterable[Tick], now: int | None, out: list[Any]) -> None:
         """Consecutive ticks of one instrument. ``now=None``: each tick's event time (replay)."""
         gate, stops, venue = self.gate, self.stops, self.venue
+        quiet = self.quiet_until
         for t in ticks:
+            if t.ts_event <= quiet:
+                continue
             ts = t.ts_event if now is None else now
             ts = max(ts, self.now)
             self.now = ts
@@ -160,6 +169,7 @@ class TradingDesk:
         gate, stops, venue = self.gate, self.stops, self.venue
         self._run(gate.release(now), now, out)  # the gate is in today's session before it takes anything
         events = list(published)
+        self.quiet_until = max(self.quiet_until, max((e.ts_event for e in events), default=0))
         finals = {e.client_order_id: e for e in events if type(e) is OrderUpdate and e.status.terminal}
         stated = set(finals)  # orders whose final update is on record (or restated below)
         taken, adopted = 0, []

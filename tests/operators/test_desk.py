@@ -7,6 +7,8 @@ import itertools
 import pickle
 from typing import Any
 
+import msgspec
+
 from operators.desk import TradingDesk
 from operators.venue import SimVenue
 from schemas.control import CancelManualOrder, ClosePosition, ManualOrder, ModifyManualOrder
@@ -164,3 +166,25 @@ def test_restore_republishes_a_final_update_the_snapshot_holds_but_the_record_lo
     assert restored.gate.book.qty("manual", "NSE:INFY") == 5
     again: list[Any] = []
     assert restored.restore(published, T0 + 2 * SEC, again) == 0 and not again  # on record: nothing to restate
+
+
+def test_after_a_restore_ticks_the_record_already_covers_are_passed_over() -> None:
+    """The restart resumes from a snapshot behind the record, and the catch-up replays ticks the
+    record covers. Acting on them would trigger a taken-back order before it existed and stamp
+    its events older than the record; only ticks after the record's newest event count."""
+    d, published = desk(), []
+    snapshot = pickle.dumps(d)
+    d.on_ticks([tick(T0 + 10 * SEC, 1500.0)], None, published)
+    order = cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.SL_M, trigger_price=1510.0)
+    d.on_command(msgspec.structs.replace(order, ts_event=T0 + 10 * SEC, ts_init=T0 + 10 * SEC), T0 + 10 * SEC, published)
+    intent = next(e for e in published if type(e) is OrderIntent)
+    restored: TradingDesk = pickle.loads(snapshot)
+    out: list[Any] = []
+    restored.restore(published, T0 + SEC, out)  # the catch-up is at T0 + 1 s
+    out.clear()
+    restored.on_ticks([tick(T0 + 2 * SEC, 1515.0)], None, out)  # through the trigger, but before the order existed
+    assert out == []
+    restored.on_ticks([tick(T0 + 11 * SEC, 1515.0)], None, out)
+    fills = [f for f in out if type(f) is Fill]
+    assert [(f.client_order_id, f.qty) for f in fills] == [(intent.client_order_id, 5)]
+    assert all(e.ts_event >= intent.ts_event for e in out if type(e) in (Fill, OrderUpdate))
