@@ -209,11 +209,11 @@ class TradingDesk:
             for e in events:
                 if type(e) is CancelOrder and e.client_order_id not in finals:
                     self._run(venue.cancel(e, now), now, out)
-            # The snapshot may be newer than the record: the sink does not wait for the broker's
-            # acknowledgement, so a kill -9 can lose the last outputs of a batch the snapshot
-            # already holds. An order of the record that this state has finished, but whose final
-            # update is not on record, gets it published again - as is: the state already took it
-            # into account, so it goes out, not through the gate a second time.
+            # Should the snapshot be newer than the record (a sink that did not wait for the broker
+            # before the snapshot, as before connectors.kafka.DeliveredProducerSink), an order of
+            # the record that this state has finished, but whose final update is not on record,
+            # gets it published again - as is: the state already took it into account, so it
+            # goes out, not through the gate a second time.
             on_record = [e.client_order_id for e in events if type(e) is OrderIntent]
             out.extend(venue.final_updates(c for c in on_record if c not in stated))
         return taken

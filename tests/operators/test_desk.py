@@ -148,9 +148,9 @@ def test_restore_completes_an_order_whose_final_update_was_lost() -> None:
 
 
 def test_restore_republishes_a_final_update_the_snapshot_holds_but_the_record_lost() -> None:
-    """The sink does not wait for the broker, so a kill -9 can lose the last outputs of a batch
-    the snapshot already holds: the order is finished in the restored state, its fill is on
-    record, its COMPLETE is not. It is published again, once, and nothing trades twice."""
+    """A snapshot newer than the record (a sink that did not wait for the broker before the
+    snapshot): the order is finished in the restored state, its fill is on record, its
+    COMPLETE is not. It is published again, once, and nothing trades twice."""
     d, published = desk(), []
     d.on_command(cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.LIMIT,
                      price=1490.0), T0, published)  # fmt: skip
