@@ -115,9 +115,9 @@ SET current_status = EXCLUDED.current_status, filled_quantity = EXCLUDED.filled_
     status_reason = EXCLUDED.status_reason, updated_at = EXCLUDED.updated_at, last_event_ns = EXCLUDED.last_event_ns,
     executed_at = COALESCE(EXCLUDED.executed_at, o.executed_at),
     cancelled_at = COALESCE(EXCLUDED.cancelled_at, o.cancelled_at)
-WHERE o.current_status NOT IN {_TERMINAL}
-  AND (EXCLUDED.current_status IN {_TERMINAL} OR EXCLUDED.filled_quantity > o.filled_quantity
-       OR (o.last_event_ns, o.filled_quantity) <= (EXCLUDED.last_event_ns, EXCLUDED.filled_quantity));
+WHERE o.current_status NOT IN {_TERMINAL}  -- the order the DISTINCT ON picks by: final, then filled, then time
+  AND (EXCLUDED.current_status IN {_TERMINAL}, EXCLUDED.filled_quantity, EXCLUDED.last_event_ns)
+      >= (FALSE, o.filled_quantity, o.last_event_ns);
 INSERT INTO order_history (order_id, status, filled_quantity, timestamp, details)
 SELECT o.id, s.status, s.filled, s.time,
        jsonb_build_object('avg_price', s.avg_price, 'reason', s.reason, 'venue_order_id', s.venue_order_id)

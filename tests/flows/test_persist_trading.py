@@ -232,3 +232,20 @@ def test_orders_fills_positions_and_commands_are_recorded_once(kafka, catalog: T
             assert commands == [("c1", "ConfigureStrategy"), ("c2", "DisableStrategy"), ("c3", "Halt")]
             enabled, config = conn.execute("SELECT is_enabled, config FROM strategies WHERE id = 'ema1'").fetchone()
             assert enabled is False and config == {"fast": 5, "slow": 13}
+
+
+def test_a_later_stamped_working_update_does_not_undo_a_fill(kafka, catalog: TopicCatalog, database_url) -> None:
+    """Across two persistence runs (two merges): an order partly filled, then a working update
+    stamped later but behind the fill, as a replay after a restart can publish. The fill stays."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upsert_instruments(conn, build_universe(DAY, 20))
+    _produce(kafka, catalog.name("ord.intents"), [_intent("D1", 10)])
+    _produce(kafka, catalog.name("ord.updates"), [_update("D1", OrderStatus.PARTIALLY_FILLED, 4, T0 + 20_000)])
+    run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=3, max_age_s=0.1, consumer="p"))
+    _produce(kafka, catalog.name("ord.updates"), [_update("D1", OrderStatus.OPEN, 0, T0 + 50_000)])
+    run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=3, max_age_s=0.1, consumer="p"))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_status, filled_quantity FROM orders WHERE client_order_id = 'D1'").fetchone()
+        assert row == ("PARTIALLY_FILLED", 4)
+        history = conn.execute("SELECT count(*) FROM order_history").fetchone()
+        assert history == (2,)  # both updates are in the history all the same
