@@ -171,7 +171,6 @@ class TradingDesk:
         events = list(published)
         self.quiet_until = max(self.quiet_until, max((e.ts_event for e in events), default=0))
         finals = {e.client_order_id: e for e in events if type(e) is OrderUpdate and e.status.terminal}
-        stated = set(finals)  # orders whose final update is on record (or restated below)
         taken, adopted = 0, []
         for e in events:
             kind = type(e)
@@ -193,8 +192,7 @@ class TradingDesk:
             self._stop_orders(stop_orders, now, self._work)
             self._run((), now, out)
             state = venue.absorb(e) if venue is not None else None
-            if state is not None and state.status.terminal and state.client_order_id not in stated:
-                stated.add(state.client_order_id)
+            if state is not None and state.status.terminal and state.client_order_id not in finals:
                 self._run((state,), now, out)  # its fill was published, its final update was not
         if venue is not None:  # what the venue was asked but its state does not show
             fills: dict[str, list[Fill]] = {}
@@ -203,19 +201,10 @@ class TradingDesk:
                     fills.setdefault(e.client_order_id, []).append(e)
             for o in adopted:
                 coid = o.client_order_id
-                state_now = venue.take_back(o, fills.get(coid, []), finals.get(coid), now)
-                stated.update(u.client_order_id for u in state_now if type(u) is OrderUpdate and u.status.terminal)
-                self._run(state_now, now, out)
+                self._run(venue.take_back(o, fills.get(coid, []), finals.get(coid), now), now, out)
             for e in events:
                 if type(e) is CancelOrder and e.client_order_id not in finals:
                     self._run(venue.cancel(e, now), now, out)
-            # Should the snapshot be newer than the record (a sink that did not wait for the broker
-            # before the snapshot, as before connectors.kafka.DeliveredProducerSink), an order of
-            # the record that this state has finished, but whose final update is not on record,
-            # gets it published again - as is: the state already took it into account, so it
-            # goes out, not through the gate a second time.
-            on_record = [e.client_order_id for e in events if type(e) is OrderIntent]
-            out.extend(venue.final_updates(c for c in on_record if c not in stated))
         return taken
 
     def watching(self, instrument: str) -> bool:

@@ -93,7 +93,7 @@ id can still be submitted later.)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -374,16 +374,6 @@ class SimVenue:
         """True while ``instrument`` has a resting or trigger-pending order."""
         book = self._books.get(instrument)
         return book is not None and bool(book.working)
-
-    def final_updates(self, coids: Iterable[str]) -> list[OrderUpdate]:
-        """The current update of each of ``coids`` this venue has finished (filled, cancelled,
-        rejected); unknown and working orders are left out."""
-        out = []
-        for coid in coids:
-            order = self._orders.get(coid)
-            if order is not None and order.status not in WORKING:
-                out.append(self._update(order))
-        return out
 
     def working(self) -> list[OrderUpdate]:
         """The current state of every working order, in submission order."""

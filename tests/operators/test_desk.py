@@ -147,27 +147,6 @@ def test_restore_completes_an_order_whose_final_update_was_lost() -> None:
     assert not [f for f in out if type(f) is Fill]
 
 
-def test_restore_republishes_a_final_update_the_snapshot_holds_but_the_record_lost() -> None:
-    """A snapshot newer than the record (a sink that did not wait for the broker before the
-    snapshot): the order is finished in the restored state, its fill is on record, its
-    COMPLETE is not. It is published again, once, and nothing trades twice."""
-    d, published = desk(), []
-    d.on_command(cmd(ManualOrder, instrument="NSE:INFY", side=Side.BUY, qty=5, order_type=OrderType.LIMIT,
-                     price=1490.0), T0, published)  # fmt: skip
-    d.on_ticks([tick(T0 + SEC, 1489.0)], None, published)
-    coid = published[0].client_order_id
-    snapshot = pickle.dumps(d)  # taken after the fill: the state knows the order is done
-    lost = [e for e in published if not (type(e) is OrderUpdate and e.status is OrderStatus.COMPLETE)]
-    restored: TradingDesk = pickle.loads(snapshot)
-    out: list[Any] = []
-    restored.restore(lost, T0 + 2 * SEC, out)
-    assert updates(out) == [(coid, OrderStatus.COMPLETE)]
-    assert [type(e) for e in out] == [OrderUpdate]  # as is: no fill, position or order again
-    assert restored.gate.book.qty("manual", "NSE:INFY") == 5
-    again: list[Any] = []
-    assert restored.restore(published, T0 + 2 * SEC, again) == 0 and not again  # on record: nothing to restate
-
-
 def test_after_a_restore_ticks_the_record_already_covers_are_passed_over() -> None:
     """The restart resumes from a snapshot behind the record, and the catch-up replays ticks the
     record covers. Acting on them would trigger a taken-back order before it existed and stamp
