@@ -74,9 +74,8 @@ def refresh(
 ) -> None:
     """Load the instrument master and deactivate what the source no longer lists."""
     from connectors.brokers.master import MasterError, parse_kite_master
-    from connectors.postgres import connect
     from connectors.postgres.instruments import refresh_instruments
-    from flows.cli import _endpoints, _settings
+    from flows.cli import _db, _settings
     from flows.ingest import sim_config_from_settings
 
     s = _settings()
@@ -113,7 +112,7 @@ def refresh(
     if dry_run:
         console.print(f"dry run: {len(instruments):,} instrument(s) checked, nothing written")
         return
-    with connect(_endpoints(s).database_url, autocommit=True) as conn:
+    with _db(s) as conn:
         n, gone = refresh_instruments(conn, instruments, covered)
     console.print(f"upserted {n:,} instrument(s) of {', '.join(covered)}; deactivated {gone:,} no longer listed")
 
@@ -121,11 +120,9 @@ def refresh(
 @instruments_app.command("status")
 def status() -> None:
     """Active and inactive instruments per exchange and type, and when each exchange was last refreshed."""
-    from connectors.postgres import connect
-    from flows.cli import _endpoints, _settings
+    from flows.cli import _db, _settings
 
-    s = _settings()
-    with connect(_endpoints(s).database_url, autocommit=True) as conn:
+    with _db(_settings()) as conn:
         rows = conn.execute(
             """SELECT exchange, instrument_type, count(*) FILTER (WHERE is_active), count(*) FILTER (WHERE NOT is_active),
                       max(updated_at)
