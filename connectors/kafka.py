@@ -10,6 +10,7 @@ partition by partition-EOF events, and sizes producer batching for a whole sessi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -255,8 +256,9 @@ class OutRecord(NamedTuple):
     value: bytes
 
 
-class _ProducerPartition(StatelessSinkPartition[OutRecord]):
-    def __init__(self, conf: dict[str, Any]) -> None:
+class _ProducerPartition(StatelessSinkPartition[Any]):
+    def __init__(self, conf: dict[str, Any], chunked: bool = False) -> None:
+        self._chunked = chunked
         # Delivery reports only for failures: a Python callback per delivered record would
         # cost about as much as producing it.
         self._producer = Producer({**conf, "on_delivery": self._on_delivery, "delivery.report.only.error": True})
@@ -267,10 +269,11 @@ class _ProducerPartition(StatelessSinkPartition[OutRecord]):
         if err is not None and self._error is None:
             self._error = err
 
-    def write_batch(self, items: list[OutRecord]) -> None:
+    def write_batch(self, items: list[Any]) -> None:
+        """``items``: OutRecords, or lists of them when ``chunked``."""
         produce = self._producer.produce
         counts: dict[str, int] = {}
-        for topic, key, value in items:
+        for topic, key, value in itertools.chain.from_iterable(items) if self._chunked else items:
             while True:
                 try:
                     produce(topic, value, key)
@@ -306,19 +309,20 @@ class _ProducerPartition(StatelessSinkPartition[OutRecord]):
             raise KafkaUnavailable(msg)
 
 
-class ProducerSink(DynamicSink[OutRecord]):
-    """Produces ``OutRecord(topic, key, value)`` items.
+class ProducerSink(DynamicSink[Any]):
+    """Produces ``OutRecord(topic, key, value)`` items, or with ``chunked`` lists of them (a
+    flow whose items are chunks pays Bytewax's per-item cost once per chunk).
 
     Unlike Bytewax's KafkaSink it does not flush after every batch: batching is left to
     ``linger.ms`` so the broker stores few, large batches (see the module doc). Records
     are flushed on close; a delivery error stops the flow on the next batch.
     """
 
-    def __init__(self, conf: dict[str, Any]) -> None:
-        self._conf = conf
+    def __init__(self, conf: dict[str, Any], *, chunked: bool = False) -> None:
+        self._conf, self._chunked = conf, chunked
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
-        return _ProducerPartition(dict(self._conf))
+        return _ProducerPartition(dict(self._conf), self._chunked)
 
 
 class _DeliveredPartition(StatefulSinkPartition[OutRecord, None]):

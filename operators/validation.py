@@ -14,6 +14,7 @@ with a human-readable detail. Validation never raises on bad input.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +25,7 @@ from schemas.market import DepthSnapshot, RejectReason, Tick
 _IST_OFFSET_NS = 19_800 * 10**9  # NSE days are IST days (UTC+05:30)
 _DAY_NS = 86_400 * 10**9
 _INF = math.inf
+_PRICE, _QTY, _ORDERS = operator.attrgetter("price"), operator.attrgetter("qty"), operator.attrgetter("orders")
 
 
 class TickValidator:
@@ -83,16 +85,27 @@ class TickValidator:
     def check_depth(self, d: DepthSnapshot) -> tuple[RejectReason, str] | None:
         if d.instrument not in self.known:
             return RejectReason.UNKNOWN_INSTRUMENT, f"instrument {d.instrument!r} is not in the instrument master"
-        for side, levels in (("bid", d.bids), ("ask", d.asks)):
-            prices = [lv.price for lv in levels]
-            # Fast path: a finite positive sum and minimum prove every price finite and > 0.
-            if prices and not (min(prices) > 0.0 and sum(prices) < _INF):
-                for k, price in enumerate(prices):
-                    if not 0.0 < price < _INF:
-                        return RejectReason.NON_POSITIVE_PRICE, f"{side}[{k}].price={price} must be finite and > 0"
-            for k, lv in enumerate(levels):
-                if (lv.qty | lv.orders) < 0:
-                    return RejectReason.NEGATIVE_QUANTITY, f"{side}[{k}] qty={lv.qty} orders={lv.orders}"
+        levels = d.bids + d.asks
+        if levels:
+            # Fast path: a finite positive sum and minimum prove every price finite and > 0,
+            # non-negative minima every quantity and order count; only a failure looks closer.
+            prices = list(map(_PRICE, levels))
+            counts_ok = min(map(_QTY, levels)) >= 0 and min(map(_ORDERS, levels)) >= 0
+            if not (counts_ok and min(prices) > 0.0 and sum(prices) < _INF):
+                return self._bad_level(d)
         if d.bids and d.asks and d.bids[0].price > d.asks[0].price:
             return RejectReason.CROSSED_BOOK, f"best bid {d.bids[0].price} > best ask {d.asks[0].price}"
         return None
+
+    @staticmethod
+    def _bad_level(d: DepthSnapshot) -> tuple[RejectReason, str]:
+        """The first bad level of a book the fast path found one in, named by side and index."""
+        for side, levels in (("bid", d.bids), ("ask", d.asks)):
+            for k, lv in enumerate(levels):
+                if not 0.0 < lv.price < _INF:
+                    return RejectReason.NON_POSITIVE_PRICE, f"{side}[{k}].price={lv.price} must be finite and > 0"
+            for k, lv in enumerate(levels):
+                if (lv.qty | lv.orders) < 0:
+                    return RejectReason.NEGATIVE_QUANTITY, f"{side}[{k}] qty={lv.qty} orders={lv.orders}"
+        msg = f"{d.instrument}: the fast path saw a bad level and there is none"
+        raise AssertionError(msg)  # unreachable

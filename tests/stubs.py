@@ -33,12 +33,17 @@ def instrument(
     )
 
 
+def events(batch: list[tuple[str, list[tuple[str, Any]]]]) -> list[tuple[str, tuple[str, Any]]]:
+    """A simulator partition's batch of ``(group, chunk)`` items as ``(group, (kind, event))``."""
+    return [(key, item) for key, chunk in batch for item in chunk]
+
+
 def drain(part: _SimPartition) -> list[tuple[str, tuple[str, Any]]]:
-    """Every item a simulator partition emits until its bounded run ends."""
+    """Every event a simulator partition emits until its bounded run ends, as ``(group, (kind, event))``."""
     out: list[tuple[str, tuple[str, Any]]] = []
     while True:
         try:
-            out += part.next_batch()
+            out += events(part.next_batch())
         except StopIteration:
             return out
 

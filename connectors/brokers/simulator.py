@@ -387,47 +387,50 @@ class MarketSimulator:
             st.volume[li] = vol_run[last]
             st.oi[li] = oi_run[last]
             st.seq[li] = seq_run[last]
-        depth = self._depth(last, li, ticks) if n else []
+        depth = self._depth(last, li, ticks, bid[last], ask[last]) if n else []
         bad = self._bad_ticks(t0) if self.bad_tick_rate > 0 else []
         st.step += 1
         st.rng_state = rng.bit_generator.state
         st.under_rng_state = self._under_rng.bit_generator.state
         return ticks, depth, bad
 
-    def _depth(self, last: np.ndarray, li: np.ndarray, ticks: list[Tick]) -> list[DepthSnapshot]:
-        """One five-level book per tradable instrument that ticked in this step, at its last tick."""
+    def _depth(
+        self, last: np.ndarray, li: np.ndarray, ticks: list[Tick], best_bid: np.ndarray, best_ask: np.ndarray
+    ) -> list[DepthSnapshot]:
+        """One five-level book per tradable instrument that ticked in this step, at its last
+        tick (``last``: those ticks' positions, ``li`` their instruments, ``best_bid`` and
+        ``best_ask`` their quotes). The levels of every book are built in one pass over flat
+        lists; a book is then two slices of them."""
         s, rng = self._s, self._rng
         keep = s.kind[li] != 0
-        last, li = last[keep], li[keep]
+        last, li, best_bid, best_ask = last[keep], li[keep], best_bid[keep], best_ask[keep]
         m = len(li)
         if not m:
             return []
         tick = s.tick[li][:, None]
         steps = np.arange(5)[None, :]
-        bid0 = np.array([ticks[j].bid for j in last.tolist()])[:, None]
-        ask0 = np.array([ticks[j].ask for j in last.tolist()])[:, None]
-        bid_px = np.round(bid0 - steps * tick, 2).tolist()
-        ask_px = np.round(ask0 + steps * tick, 2).tolist()
-        qty_a = rng.integers(1, 60, (m, 10)) * s.lot[li][:, None]
-        qty = qty_a.tolist()
-        orders = rng.integers(1, 25, (m, 10)).tolist()
-        tot_bid = (7 * qty_a[:, :5].sum(axis=1)).tolist()
-        tot_ask = (7 * qty_a[:, 5:].sum(axis=1)).tolist()
+        # Per book, ten levels: five bids (best first) then five asks (best first).
+        px = np.round(np.hstack((best_bid[:, None] - steps * tick, best_ask[:, None] + steps * tick)), 2)
+        qty = rng.integers(1, 60, (m, 10)) * s.lot[li][:, None]
+        orders = rng.integers(1, 25, (m, 10))
+        tot_bid = (7 * qty[:, :5].sum(axis=1)).tolist()
+        tot_ask = (7 * qty[:, 5:].sum(axis=1)).tolist()
+        levels = list(map(DepthLevel, px.ravel().tolist(), qty.ravel().tolist(), orders.ravel().tolist()))
+        deep_bid = (px[:, 4] <= 0).tolist()  # a near-zero option's deep bids would be non-positive
         out = []
-        level = DepthLevel
+        book = DepthSnapshot
         for r, j in enumerate(last.tolist()):
-            t = ticks[j]
-            q, o, bp = qty[r], orders[r], bid_px[r]
-            bids = tuple(map(level, bp, q[:5], o[:5]))
-            if bp[4] <= 0:  # deep levels of a near-zero option would be non-positive: omit them
+            t, k = ticks[j], 10 * r
+            bids = tuple(levels[k : k + 5])
+            if deep_bid[r]:
                 bids = tuple(b for b in bids if b.price > 0)
             out.append(
-                DepthSnapshot(
+                book(
                     instrument=t.instrument,
                     ts_event=t.ts_event,
                     ts_init=t.ts_init,
                     bids=bids,
-                    asks=tuple(map(level, ask_px[r], q[5:], o[5:])),
+                    asks=tuple(levels[k + 5 : k + 10]),
                     total_bid_qty=tot_bid[r],
                     total_ask_qty=tot_ask[r],
                 )

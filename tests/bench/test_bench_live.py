@@ -56,7 +56,7 @@ def filled(kafka: KafkaClientConfig) -> tuple[TopicCatalog, tuple, int]:
     universe = tuple(build_universe(DAY, INSTRUMENTS))
     cfg = ingest.SimConfig(universe=universe, seed=7, groups=4, day=DAY, speed=0, max_steps=SECONDS)
     before = ingest.TICKS_OUT._value.get()
-    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, kafka.producer()))
     return catalog, universe, int(ingest.TICKS_OUT._value.get() - before)
 
 

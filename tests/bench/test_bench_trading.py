@@ -23,7 +23,7 @@ from bytewax.testing import run_main
 
 import strategies.builtin  # noqa: F401
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig, ProducerSink, create_topics, delete_topics
+from connectors.kafka import KafkaClientConfig, create_topics, delete_topics
 from flows import ingest, live
 from flows.pipeline import PipelineConfig, StrategySetup
 from flows.trading import TradingSetup
@@ -64,7 +64,7 @@ def filled(kafka: KafkaClientConfig) -> tuple[TopicCatalog, tuple, int]:
     universe = tuple(build_universe(DAY, INSTRUMENTS))
     cfg = ingest.SimConfig(universe=universe, seed=3, groups=4, day=DAY, speed=0, max_steps=SECONDS)
     before = ingest.TICKS_OUT._value.get()
-    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, kafka.producer()))
     return catalog, universe, int(ingest.TICKS_OUT._value.get() - before)
 
 

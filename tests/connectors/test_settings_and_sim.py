@@ -9,7 +9,7 @@ from connectors.brokers.universe import build_universe, to_kite_csv
 from connectors.settings import ConfigError, load_settings
 from flows.ingest import SimConfig, _SimPartition
 from schemas.codec import encode
-from tests.stubs import drain, simulated
+from tests.stubs import drain, events, simulated
 
 DAY = date(2026, 11, 23)
 
@@ -40,7 +40,7 @@ def test_resume_from_snapshot_continues_identically() -> None:
     cfg = SimConfig(universe=u, seed=1, groups=1, day=DAY, speed=0, max_steps=20)
     whole = [ev for _k, (_kind, ev) in drain(_SimPartition(cfg, 0, None))]
     part = _SimPartition(cfg, 0, None)
-    first = [ev for _k, (_kind, ev) in part.next_batch() + part.next_batch()]
+    first = [ev for _k, (_kind, ev) in events(part.next_batch() + part.next_batch())]
     resumed = _SimPartition(cfg, 0, part.snapshot())
     rest = [ev for _k, (_kind, ev) in drain(resumed)]
     assert first + rest == whole

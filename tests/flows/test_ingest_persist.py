@@ -10,7 +10,7 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig, ProducerSink
+from connectors.kafka import KafkaClientConfig
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.migrate import migrate, status
 from flows import ingest, persist
@@ -40,7 +40,7 @@ def _read_all(kafka: KafkaClientConfig, topic: str, partitions: int) -> list[byt
 def _ingest(kafka: KafkaClientConfig, catalog: TopicCatalog, steps: int, bad_rate: float) -> ingest.SimConfig:
     u = tuple(build_universe(DAY, 100))
     cfg = ingest.SimConfig(universe=u, seed=11, groups=2, day=DAY, speed=0, bad_tick_rate=bad_rate, max_steps=steps)
-    run_main(ingest.build(ingest.SimulatorSource(cfg), u, catalog, ProducerSink(kafka.producer())))
+    run_main(ingest.build(ingest.SimulatorSource(cfg), u, catalog, kafka.producer()))
     return cfg
 
 

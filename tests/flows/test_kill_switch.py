@@ -20,7 +20,7 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig, ProducerSink
+from connectors.kafka import KafkaClientConfig
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.strategies import save_deployments
 from flows import ingest
@@ -102,7 +102,7 @@ def test_halt_under_load_stops_entries_within_a_second(
         cfg = ingest.SimConfig(universe=universe, seed=9, groups=4, day=DAY, speed=SPEED, max_steps=int(20 * SPEED))
         t0 = time.time()
         before = ingest.TICKS_OUT._value.get()
-        run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+        run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, kafka.producer()))
         rate = (ingest.TICKS_OUT._value.get() - before) / (time.time() - t0)
         time.sleep(5)  # let the flatten finish
     finally:

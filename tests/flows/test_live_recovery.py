@@ -33,7 +33,7 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig, ProducerSink
+from connectors.kafka import KafkaClientConfig
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.strategies import save_deployments
 from flows import ingest, persist
@@ -165,7 +165,7 @@ def test_kill_9_mid_burst_then_resume_from_recovery(
         time.sleep(4)  # started on an empty md.ticks: everything that arrives may trade
         assert live.poll() is None, log.read_text()
         cfg = ingest.SimConfig(universe=universe, seed=5, groups=2, day=DAY, speed=0, max_steps=900)
-        run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+        run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, kafka.producer()))
         deadline = time.monotonic() + 60
         while _count(kafka, fills_topic) < 40 and time.monotonic() < deadline:
             time.sleep(0.2)

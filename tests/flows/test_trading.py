@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY as REGISTRY_METRICS
 
 import strategies.builtin  # noqa: F401  (registers the built-ins)
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig, ProducerSink
+from connectors.kafka import KafkaClientConfig
 from connectors.postgres.instruments import upsert_instruments
 from flows import ingest, live, persist
 from flows.pipeline import PipelineConfig, StrategySetup
@@ -35,7 +35,7 @@ def traded(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str) -
     stocks = [i.instrument for i in universe if i.instrument_type is InstrumentType.EQ][:12]
     assert len(stocks) >= 8
     cfg = ingest.SimConfig(universe=universe, seed=5, groups=2, day=DAY, speed=0, max_steps=SECONDS)
-    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, kafka.producer()))
     deployments = (
         Deployment("ema", "ema_crossover", REGISTRY.params("ema_crossover", {
             "fast": 3, "slow": 8, "timeframe": "5s", "qty": 10, "instruments": stocks[:6], "allow_short": True})),
@@ -167,7 +167,7 @@ def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, c
     universe = tuple(build_universe(DAY, 30))
     stocks = [i.instrument for i in universe if i.instrument_type is InstrumentType.EQ][:8]
     cfg = ingest.SimConfig(universe=universe, seed=8, groups=2, day=DAY, speed=0, max_steps=600)
-    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, ProducerSink(kafka.producer())))
+    run_main(ingest.build(ingest.SimulatorSource(cfg), universe, catalog, kafka.producer()))
     deployments = (
         Deployment("ema", "ema_crossover", REGISTRY.params("ema_crossover", {
             "fast": 3, "slow": 8, "timeframe": "5s", "qty": 10, "instruments": stocks, "allow_short": True})),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 
 from operators.validation import TickValidator
@@ -74,6 +75,12 @@ def depth(bids: list[float], asks: list[float], qty: int = 10) -> DepthSnapshot:
     )
 
 
+def with_level(book: DepthSnapshot, side: str, k: int, **change: int) -> DepthSnapshot:
+    levels = list(getattr(book, side + "s"))
+    levels[k] = msgspec.structs.replace(levels[k], **change)
+    return msgspec.structs.replace(book, **{side + "s": tuple(levels)})
+
+
 @pytest.mark.parametrize(
     ("book", "reason", "where"),
     [
@@ -82,6 +89,11 @@ def depth(bids: list[float], asks: list[float], qty: int = 10) -> DepthSnapshot:
         (depth([10.0], [math.inf]), RejectReason.NON_POSITIVE_PRICE, "ask[0]"),
         (depth([10.0], [10.1], qty=-1), RejectReason.NEGATIVE_QUANTITY, "bid[0]"),
         (depth([10.2], [10.1]), RejectReason.CROSSED_BOOK, "best bid"),
+        # The fast path's minimum skips a NaN after a number, and a sum catches it only if finite.
+        (depth([math.nan, 10.0], [10.1]), RejectReason.NON_POSITIVE_PRICE, "bid[0]"),
+        (depth([10.0], [10.1, math.nan]), RejectReason.NON_POSITIVE_PRICE, "ask[1]"),
+        (depth([10.0], [10.1, -math.inf]), RejectReason.NON_POSITIVE_PRICE, "ask[1]"),
+        (with_level(depth([10.0], [10.1, 10.2, 10.3]), "ask", 2, orders=-1), RejectReason.NEGATIVE_QUANTITY, "ask[2]"),
     ],
 )
 def test_depth_rejects(book: DepthSnapshot, reason: RejectReason, where: str) -> None:
