@@ -19,7 +19,6 @@ from typing import Any
 
 import bytewax.operators as op
 import msgspec
-import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import Counter
@@ -30,7 +29,7 @@ from connectors.kafka import OutRecord, ProducerSink
 from connectors.shutdown import STOP
 from operators.validation import TickValidator
 from schemas.codec import encode
-from schemas.market import Instrument, RejectReason, rejected
+from schemas.market import DepthSnapshot, Instrument, RejectReason, Tick, rejected
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.ingest")
@@ -38,8 +37,6 @@ log = logging.getLogger("ticktape.ingest")
 TICKS_IN = Counter("ticktape_ticks_in_total", "Ticks received by ingest (valid or not)")
 TICKS_OUT = Counter("ticktape_ticks_out_total", "Valid ticks published to md.ticks")
 REJECTED = Counter("ticktape_ticks_rejected_total", "Market-data events rejected at ingest", ["reason"])
-
-TICK, DEPTH, RAW = "T", "D", "R"  # kinds of source items
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,9 @@ class _Resume:
     emitted: int  # events of that step already emitted
 
 
-Chunk = list[tuple[str, Any]]  # (kind, event) in time order: the ingest flow's items
+# Events in time order - Tick, DepthSnapshot, or a bad tick as (defect, raw payload) - are the
+# ingest flow's items.
+Chunk = list[Any]
 
 
 class _SimPartition(StatefulSourcePartition[tuple[str, Chunk], _Resume]):
@@ -81,8 +80,8 @@ class _SimPartition(StatefulSourcePartition[tuple[str, Chunk], _Resume]):
         }
         self._sim = MarketSimulator(members, **kw, state=copy.deepcopy(resume.state) if resume else None)
         self._steps = resume.steps if resume else 0
-        self._items: list[tuple[str, Any]] = []  # this step's events, (kind, event), in time order
-        self._due: list[int] = []  # each one's market time, ns since the run's start
+        self._items: Chunk = []  # this step's events in time order
+        self._due: list[int] = []  # paced: when each is due, ns since the run's start
         self._pos = 0  # events of this step emitted
         self._before = copy.deepcopy(self._sim.state)
         self._wall0 = time.monotonic()
@@ -93,17 +92,11 @@ class _SimPartition(StatefulSourcePartition[tuple[str, Chunk], _Resume]):
 
     def _generate(self) -> None:
         self._before = copy.deepcopy(self._sim.state)
-        base = self._steps * STEP_NS
-        ticks, depth, bad = self._sim.step()
-        start = self._sim.now_ns - STEP_NS  # market time of this step's start (after any day roll)
-        items: list[tuple[str, Any]] = [(TICK, t) for t in ticks]
-        items += [(DEPTH, d) for d in depth]
-        items += [(RAW, b) for b in bad]
-        due = [t.ts_event for t in ticks] + [d.ts_event for d in depth] + [raw["ts_event"] for _, raw in bad]
-        order = np.argsort(np.array(due, dtype=np.int64), kind="stable").tolist()  # time order, ties as listed
-        self._items = [items[k] for k in order]
-        self._due = [base + due[k] - start for k in order]  # ns since the run's start
-        self._pos = 0
+        events, times = self._sim.step_events()
+        self._items, self._pos = events, 0
+        if self._cfg.speed > 0:  # when each is due: ns since the run's start
+            start = self._sim.now_ns - STEP_NS  # market time of this step's start (after any day roll)
+            self._due = (times + (self._steps * STEP_NS - start)).tolist()
         self._steps += 1
 
     def _elapsed(self) -> float:
@@ -185,8 +178,9 @@ class ValidateLogic(op.StatefulBatchLogic[Chunk, list[OutRecord], TickValidator]
         check, check_depth, ticks_topic, depth_topic = self.v.check, self.v.check_depth, self.t_ticks, self.t_depth
         n_in = n_ok = 0
         for chunk in values:
-            for kind, ev in chunk:
-                if kind is TICK:
+            for ev in chunk:
+                kind = type(ev)
+                if kind is Tick:
                     n_in += 1
                     verdict = check(ev)
                     if verdict is None:
@@ -194,7 +188,7 @@ class ValidateLogic(op.StatefulBatchLogic[Chunk, list[OutRecord], TickValidator]
                         n_ok += 1
                     else:
                         out.append(self._reject(ticks_topic, ev.instrument, *verdict, encode(ev), ev.ts_event))
-                elif kind is DEPTH:
+                elif kind is DepthSnapshot:
                     verdict = check_depth(ev)
                     if verdict is None:
                         out.append((depth_topic, ev.instrument, encode(ev)))
@@ -243,8 +237,8 @@ def build(
     catalog: TopicCatalog,
     producer: dict[str, Any],
 ) -> Dataflow:
-    """The ingest dataflow: ``source`` items are ``(group, chunk)``, a chunk a list of
-    ``(kind, event)``; ``producer`` is the Kafka producer configuration of its sink."""
+    """The ingest dataflow: ``source`` items are ``(group, chunk)`` (see :data:`Chunk`);
+    ``producer`` is the Kafka producer configuration of its sink."""
     known = [i.instrument for i in universe]
     topics = {name: catalog.name(name) for name in ("md.ticks", "md.depth", "md.dlq")}
     flow = Dataflow("ingest")

@@ -33,14 +33,14 @@ def instrument(
     )
 
 
-def events(batch: list[tuple[str, list[tuple[str, Any]]]]) -> list[tuple[str, tuple[str, Any]]]:
-    """A simulator partition's batch of ``(group, chunk)`` items as ``(group, (kind, event))``."""
-    return [(key, item) for key, chunk in batch for item in chunk]
+def events(batch: list[tuple[str, list[Any]]]) -> list[tuple[str, Any]]:
+    """A simulator partition's batch of ``(group, chunk)`` items as ``(group, event)``."""
+    return [(key, ev) for key, chunk in batch for ev in chunk]
 
 
-def drain(part: _SimPartition) -> list[tuple[str, tuple[str, Any]]]:
-    """Every event a simulator partition emits until its bounded run ends, as ``(group, (kind, event))``."""
-    out: list[tuple[str, tuple[str, Any]]] = []
+def drain(part: _SimPartition) -> list[tuple[str, Any]]:
+    """Every event a simulator partition emits until its bounded run ends, as ``(group, event)``."""
+    out: list[tuple[str, Any]] = []
     while True:
         try:
             out += events(part.next_batch())
@@ -48,9 +48,10 @@ def drain(part: _SimPartition) -> list[tuple[str, tuple[str, Any]]]:
             return out
 
 
-def simulated(cfg: SimConfig) -> list[tuple[str, Any]]:
-    """``(kind, event)`` for every group of ``cfg``, group by group."""
-    return [item for g in range(cfg.groups) for _key, item in drain(_SimPartition(cfg, g, None))]
+def simulated(cfg: SimConfig) -> list[Any]:
+    """Every event of every group of ``cfg``, group by group: a Tick, a DepthSnapshot or a bad
+    tick as ``(defect, raw payload)``."""
+    return [ev for g in range(cfg.groups) for _key, ev in drain(_SimPartition(cfg, g, None))]
 
 
 def sim_ticks(instruments: int, seconds: int, seed: int = 3, day: Any = None) -> tuple[list[Instrument], list[Any]]:
@@ -58,12 +59,12 @@ def sim_ticks(instruments: int, seconds: int, seed: int = 3, day: Any = None) ->
     from datetime import date
 
     from connectors.brokers.universe import build_universe
-    from flows.ingest import TICK
+    from schemas.market import Tick
 
     day = day or date(2026, 11, 23)
     universe = tuple(build_universe(day, instruments))
     cfg = SimConfig(universe=universe, seed=seed, groups=2, day=day, speed=0, max_steps=seconds)
-    ticks = [ev for kind, ev in simulated(cfg) if kind is TICK]
+    ticks = [ev for ev in simulated(cfg) if type(ev) is Tick]
     ticks.sort(key=lambda t: (t.ts_event, t.instrument, t.seq))
     return list(universe), ticks
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -268,6 +269,21 @@ class MarketSimulator:
 
     def step(self) -> tuple[list[Tick], list[DepthSnapshot], list[tuple[str, dict]]]:
         """Advance one second of market time. Returns (ticks, depth, bad ticks as raw dicts)."""
+        ticks, depth, bad, _times = self._advance()
+        return ticks, depth, bad
+
+    def step_events(self) -> tuple[list[Tick | DepthSnapshot | tuple[str, dict]], np.ndarray]:
+        """Advance one second of market time. Returns its events - ticks, depth books and bad
+        ticks as ``(defect, raw dict)`` - merged in event-time order (ties in that order), and
+        their event times."""
+        ticks, depth, bad, times = self._advance()
+        order = np.argsort(times, kind="stable")
+        events: list[Any] = ticks + depth + bad
+        return [events[k] for k in order.tolist()], times[order]
+
+    def _advance(self) -> tuple[list[Tick], list[DepthSnapshot], list[tuple[str, dict]], np.ndarray]:
+        """One step: ticks (by instrument, then time), depth, bad ticks, and the event time of
+        each of them in that order."""
         st, s, rng = self.state, self._s, self._rng
         if st.step * STEP_NS >= SESSION_NS:  # session over: next trading day
             self._roll_day()
@@ -387,23 +403,24 @@ class MarketSimulator:
             st.volume[li] = vol_run[last]
             st.oi[li] = oi_run[last]
             st.seq[li] = seq_run[last]
-        depth = self._depth(last, li, ticks, bid[last], ask[last]) if n else []
+            booked = s.kind[li] != 0  # an index has no order book
+            book_ts = ts[last][booked]
+            depth = self._depth(li[booked], book_ts, bid[last][booked], ask[last][booked])
+        else:
+            book_ts, depth = ts[:0], []
         bad = self._bad_ticks(t0) if self.bad_tick_rate > 0 else []
         st.step += 1
         st.rng_state = rng.bit_generator.state
         st.under_rng_state = self._under_rng.bit_generator.state
-        return ticks, depth, bad
+        times = np.concatenate((ts, book_ts, np.array([raw["ts_event"] for _, raw in bad], dtype=np.int64)))
+        return ticks, depth, bad, times
 
-    def _depth(
-        self, last: np.ndarray, li: np.ndarray, ticks: list[Tick], best_bid: np.ndarray, best_ask: np.ndarray
-    ) -> list[DepthSnapshot]:
-        """One five-level book per tradable instrument that ticked in this step, at its last
-        tick (``last``: those ticks' positions, ``li`` their instruments, ``best_bid`` and
-        ``best_ask`` their quotes). The levels of every book are built in one pass over flat
-        lists; a book is then two slices of them."""
+    def _depth(self, li: np.ndarray, ts: np.ndarray, best_bid: np.ndarray, best_ask: np.ndarray) -> list[DepthSnapshot]:
+        """One five-level book per instrument ``li`` at time ``ts`` around its quote
+        (``best_bid``, ``best_ask``): the instruments that ticked in this step, at their last
+        tick. The levels of every book are built in one pass over flat lists; a book is then
+        two slices of them."""
         s, rng = self._s, self._rng
-        keep = s.kind[li] != 0
-        last, li, best_bid, best_ask = last[keep], li[keep], best_bid[keep], best_ask[keep]
         m = len(li)
         if not m:
             return []
@@ -418,17 +435,17 @@ class MarketSimulator:
         levels = list(map(DepthLevel, px.ravel().tolist(), qty.ravel().tolist(), orders.ravel().tolist()))
         deep_bid = (px[:, 4] <= 0).tolist()  # a near-zero option's deep bids would be non-positive
         out = []
-        book = DepthSnapshot
-        for r, j in enumerate(last.tolist()):
-            t, k = ticks[j], 10 * r
+        book, keys = DepthSnapshot, s.keys
+        for r, (i, t) in enumerate(zip(li.tolist(), ts.tolist(), strict=True)):
+            k = 10 * r
             bids = tuple(levels[k : k + 5])
             if deep_bid[r]:
                 bids = tuple(b for b in bids if b.price > 0)
             out.append(
                 book(
-                    instrument=t.instrument,
-                    ts_event=t.ts_event,
-                    ts_init=t.ts_init,
+                    instrument=keys[i],
+                    ts_event=t,
+                    ts_init=t,
                     bids=bids,
                     asks=tuple(levels[k + 5 : k + 10]),
                     total_bid_qty=tot_bid[r],

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+import time
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -25,7 +28,7 @@ def test_bad_setting_names_variable_and_form() -> None:
 def _run(seed: int, steps: int = 30, groups: int = 3) -> bytes:
     u = tuple(build_universe(DAY, 120))
     cfg = SimConfig(universe=u, seed=seed, groups=groups, day=DAY, speed=0, bad_tick_rate=0.01, max_steps=steps)
-    return b"\n".join(encode(ev) for _kind, ev in simulated(cfg))
+    return b"\n".join(encode(ev) for ev in simulated(cfg))
 
 
 def test_same_seed_gives_byte_identical_ticks() -> None:
@@ -38,12 +41,33 @@ def test_same_seed_gives_byte_identical_ticks() -> None:
 def test_resume_from_snapshot_continues_identically() -> None:
     u = tuple(build_universe(DAY, 60))
     cfg = SimConfig(universe=u, seed=1, groups=1, day=DAY, speed=0, max_steps=20)
-    whole = [ev for _k, (_kind, ev) in drain(_SimPartition(cfg, 0, None))]
+    whole = [ev for _k, ev in drain(_SimPartition(cfg, 0, None))]
     part = _SimPartition(cfg, 0, None)
-    first = [ev for _k, (_kind, ev) in events(part.next_batch() + part.next_batch())]
+    first = [ev for _k, ev in events(part.next_batch() + part.next_batch())]
     resumed = _SimPartition(cfg, 0, part.snapshot())
-    rest = [ev for _k, (_kind, ev) in drain(resumed)]
+    rest = [ev for _k, ev in drain(resumed)]
     assert first + rest == whole
+
+
+def test_paced_source_releases_events_when_due_and_in_the_same_order() -> None:
+    u = tuple(build_universe(DAY, 60))
+    unpaced = SimConfig(universe=u, seed=1, groups=1, day=DAY, speed=0, bad_tick_rate=0.01, max_steps=5)
+    paced = dataclasses.replace(unpaced, speed=50.0)  # 5 market seconds in ~0.1 s
+    part = _SimPartition(paced, 0, None)
+    batches: list[list[Any]] = []
+    while True:
+        try:
+            batch = events(part.next_batch())
+        except StopIteration:
+            break
+        if batch:
+            batches.append([ev for _k, ev in batch])
+            # nothing is released before it is due
+            wall = (time.monotonic() - part._wall0) * paced.speed * 1e9
+            assert all(due <= wall for due in part._due[: part._pos])
+    assert len(batches) > 1  # spread over the run, not released at once
+    expected = [encode(ev) for _k, ev in drain(_SimPartition(unpaced, 0, None))]  # bytes: a bad tick's NaN != NaN
+    assert [encode(ev) for b in batches for ev in b] == expected
 
 
 def test_market_is_plausible() -> None:

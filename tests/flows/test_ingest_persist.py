@@ -47,10 +47,10 @@ def _ingest(kafka: KafkaClientConfig, catalog: TopicCatalog, steps: int, bad_rat
 def _expected(cfg: ingest.SimConfig) -> tuple[list[Tick], Counter]:
     """What the simulator generated, straight from the source partitions."""
     ticks, bad = [], Counter()
-    for kind, ev in simulated(cfg):
-        if kind == ingest.TICK:
+    for ev in simulated(cfg):
+        if type(ev) is Tick:
             ticks.append(ev)
-        elif kind == ingest.RAW:
+        elif type(ev) is tuple:  # a bad tick: (defect, raw payload)
             bad[ev[0]] += 1
     return ticks, bad
 
