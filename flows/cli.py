@@ -474,7 +474,9 @@ class _Reporter:
             return
         by_kind = {t.rsplit(".", 1)[-1]: int(n) for t, n in rows_by_topic}
         rows = sum(by_kind.values())
-        rate = (rows - self.last_rows) / (now - self.last) if self.last_rows is not None else 0.0
+        # Offsets count from 0 again under a restarted in-memory broker: the count restarts too.
+        since = self.last_rows if self.last_rows is not None and rows >= self.last_rows else 0
+        rate = (rows - since) / (now - self.last)
         kinds = {"ticks": "ticks", "depth": "depth", "candles": "candles", "intents": "orders", "fills": "fills"}
         parts = ", ".join(f"{by_kind.get(k, 0):,} {name}" for k, name in kinds.items())
         suffix = f" ({rate:,.0f} records/s)" if self.last_rows is not None else ""

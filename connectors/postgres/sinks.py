@@ -150,7 +150,9 @@ _UNKNOWN = "SELECT DISTINCT s.symbol FROM {stage} s LEFT JOIN instruments i ON i
 _OFFSETS = """INSERT INTO kafka_offsets (consumer, topic, partition, cluster_id, next_offset, updated_at)
 VALUES (%s, %s, %s, %s, %s, NOW())
 ON CONFLICT (consumer, topic, partition) DO UPDATE
-SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset),
+SET next_offset = CASE WHEN kafka_offsets.cluster_id = EXCLUDED.cluster_id
+                       THEN GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset)
+                       ELSE EXCLUDED.next_offset END,  -- a new broker incarnation starts again at 0
     cluster_id = EXCLUDED.cluster_id, updated_at = NOW()"""
 
 

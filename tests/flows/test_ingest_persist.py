@@ -10,9 +10,10 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig
+from connectors.kafka import KafkaClientConfig, cluster_id
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.migrate import migrate, status
+from connectors.postgres.sinks import stored_offsets
 from flows import ingest, persist
 from schemas.codec import codec_for
 from schemas.market import RejectedEvent, Tick
@@ -98,6 +99,26 @@ def test_persist_writes_every_tick_once_and_replay_changes_nothing(kafka, catalo
     run("persist-replay")
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM tick_data").fetchone()[0] == len(expected)
+
+
+def test_offsets_of_an_earlier_broker_incarnation_never_skip_records(kafka, catalog, database_url) -> None:
+    """The embedded broker keeps topics in memory: after its restart offsets start again at 0
+    under a new cluster id. Offsets committed against the old incarnation - further along -
+    must not survive into the new one, or a later restart of the flow skips what the new
+    topic holds below them."""
+    cfg = _ingest(kafka, catalog, steps=5, bad_rate=0.0)
+    expected, _ = _expected(cfg)
+    topic = catalog.name("md.ticks")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        upsert_instruments(conn, cfg.universe)
+        conn.execute(
+            "INSERT INTO kafka_offsets (consumer, topic, partition, cluster_id, next_offset, updated_at) "
+            "SELECT 'persist', %s, p, 'an-earlier-incarnation', 10000000, NOW() FROM generate_series(0, %s) p",
+            (topic, catalog["md.ticks"].partitions - 1),
+        )
+    run_main(persist.build(kafka, catalog, database_url, tail=False, max_rows=5000, max_age_s=0.2))
+    stored = stored_offsets(database_url, "persist", cluster_id(kafka.admin()))
+    assert sum(o for (t, _p), o in stored.items() if t == topic) == len(expected)
 
 
 def test_migrations_are_recorded_and_idempotent(database_url) -> None:
