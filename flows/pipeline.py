@@ -506,8 +506,6 @@ class SummaryLogic(op.StatefulBatchLogic[Candle, Any, MarketSummaryBook]):
 @dataclass(frozen=True)
 class MarketStreams:
     records: Stream[tuple[str, str, bytes]]  # (topic, key, value) for ProducerSink
-    candles: Stream[Candle]  # closed and in-progress candles, for downstream (strategy) steps
-    analytics: Stream[Any]  # IndicatorSnapshot, PatternSignal, OiChange, OptionChainStats, MarketSummary
     decisions: Stream[Any]  # Decided (targets), StrategyError and PriceRun, in each instrument's order
 
 
@@ -628,14 +626,13 @@ def build_market(
         return recs
 
     records = op.flat_map_batch("encode", events, encode_batch)
-    candles = op.filter_map("candles", events, lambda ev: ev if type(ev) is Candle else None)
-    analytics = op.filter_map("analytics", events, lambda ev: ev if type(ev) not in _NOT_ANALYTICS else None)
+    # A step runs on every item whether or not anything reads its output, so only the streams
+    # the flows use are built (a candles or analytics stream would be a filter over every event).
     decisions = op.filter_map("decisions", events, lambda ev: ev if type(ev) in _DECISIONS else None)
-    return MarketStreams(records=records, candles=candles, analytics=analytics, decisions=decisions)
+    return MarketStreams(records=records, decisions=decisions)
 
 
 _DECISIONS = (Decided, StrategyError, PriceRun)
-_NOT_ANALYTICS = (Candle, Reject, *_DECISIONS)
 
 
 def strategy_commands(commands: Stream[Any], universe: Iterable[Instrument]) -> tuple[Stream[tuple[str, Any]], Stream[Any]]:
