@@ -92,14 +92,16 @@ class TickValidator:
             prices = list(map(_PRICE, levels))
             counts_ok = min(map(_QTY, levels)) >= 0 and min(map(_ORDERS, levels)) >= 0
             if not (counts_ok and min(prices) > 0.0 and sum(prices) < _INF):
-                return self._bad_level(d)
+                bad = self._bad_level(d)
+                if bad is not None:  # None: finite prices whose sum overflowed
+                    return bad
         if d.bids and d.asks and d.bids[0].price > d.asks[0].price:
             return RejectReason.CROSSED_BOOK, f"best bid {d.bids[0].price} > best ask {d.asks[0].price}"
         return None
 
     @staticmethod
-    def _bad_level(d: DepthSnapshot) -> tuple[RejectReason, str]:
-        """The first bad level of a book the fast path found one in, named by side and index."""
+    def _bad_level(d: DepthSnapshot) -> tuple[RejectReason, str] | None:
+        """The first bad level of a book the fast path doubted, named by side and index."""
         for side, levels in (("bid", d.bids), ("ask", d.asks)):
             for k, lv in enumerate(levels):
                 if not 0.0 < lv.price < _INF:
@@ -107,5 +109,4 @@ class TickValidator:
             for k, lv in enumerate(levels):
                 if (lv.qty | lv.orders) < 0:
                     return RejectReason.NEGATIVE_QUANTITY, f"{side}[{k}] qty={lv.qty} orders={lv.orders}"
-        msg = f"{d.instrument}: the fast path saw a bad level and there is none"
-        raise AssertionError(msg)  # unreachable
+        return None

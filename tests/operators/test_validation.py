@@ -103,4 +103,7 @@ def test_depth_rejects(book: DepthSnapshot, reason: RejectReason, where: str) ->
 
 def test_valid_depth_passes() -> None:
     assert TickValidator({"NSE:INFY"}).check_depth(depth([10.0, 9.9, 9.8], [10.1, 10.2])) is None
+    # Finite positive prices whose sum overflows to inf: the fast path doubts them, the level
+    # check clears them (validation never raises).
+    assert TickValidator({"NSE:INFY"}).check_depth(depth([1e308, 1e308], [1.5e308, 1.6e308])) is None
     assert TickValidator({"NSE:INFY"}).check_depth(depth([], [10.1])) is None  # one-sided book
