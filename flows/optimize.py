@@ -38,6 +38,7 @@ from typing import Any
 
 from connectors.kafka import KafkaClientConfig, delete_topics
 from flows.backtest import BacktestError, BacktestSpec, MarketInput, load_topic, run_backtest
+from flows.runtime import tune_gc
 from operators.candles import DAY_NS, IST_OFFSET_NS
 from operators.strategy_host import Deployment
 from schemas.market import Instrument
@@ -123,6 +124,7 @@ def _init_worker(job: dict[str, Any]) -> None:
     import strategies.builtin  # noqa: F401  (a spawned worker registers the built-ins itself)
 
     _JOB.update(job)
+    tune_gc()
 
 
 def _evaluate(params: dict[str, Any]) -> Point:

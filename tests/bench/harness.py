@@ -15,6 +15,7 @@ the same machine state.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ def machine() -> dict[str, Any]:
         "cores": psutil.cpu_count(logical=True),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
+        "gc_thresholds": list(gc.get_threshold()),
         "platform": platform.platform(),
         "commit": commit,
     }
