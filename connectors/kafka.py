@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.settings import (
     KAFKA_FETCH_WAIT_MS,
@@ -48,6 +49,12 @@ LAG = Gauge(
     ["topic", "partition"],
 )
 LAG_EVERY_S = 1.0
+SOURCE_WAIT = Histogram(
+    "ticktape_source_wait_seconds",
+    "Live: how long the oldest record of each batch waited in the ordered source, merged but not yet in the flow "
+    "(the flow is busy with earlier batches; on the embedded broker records arrive in bursts)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 
 
 def _report_lag(consumer: Consumer, topic: str, positions: dict[int, int]) -> None:
@@ -450,11 +457,24 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
     """Every partition of one topic, merged into event-time order (see :class:`OrderedSource`).
 
     Each partition's buffer holds ``(merge time, record)`` in log order; the merge time is the
-    partition's running maximum of event time, so every buffer is sorted by it. A batch takes
+    partition's running maximum of event time, so every buffer is sorted by it. A merge takes
     each buffer's ready prefix (found by bisection) in partition order and sorts the lot
     stably by merge time alone: ties fall to partition, then offset, with no per-record key
-    built or compared in Python.
+    built or compared in Python. Merged records wait in ``_merged`` and leave at most
+    ``batch_size`` per batch, so the size of what the flow processes at once (which bounds
+    live latency) does not limit how much is read per fetch (which bounds throughput).
     """
+
+    FETCH_MAX = 5000  # most messages taken from the client per call
+    LIVE_POLL_S = 0.002  # live and idle: look for new messages this often
+    # Live, records that have been waiting without a break for CATCHUP_AFTER_S mean the flow is
+    # behind (a restart's catch-up, a rate beyond its speed), not a burst from the broker:
+    # batches then double every CATCHUP_DOUBLE_S, up to CATCHUP_BATCH, and buy throughput
+    # (per-batch costs are paid less often) where small batches would only add delay. A
+    # short backlog (start-up builds 500 instruments' state) grows them little.
+    CATCHUP_AFTER_S = 2.0
+    CATCHUP_DOUBLE_S = 0.5
+    CATCHUP_BATCH = 5000
 
     def __init__(
         self,
@@ -472,6 +492,11 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         self._topic, self._offsets, self._ts_of, self._batch_size = topic, dict(offsets), ts_of, batch_size
         self._tail = tail
         self._buffers: dict[int, list[tuple[int, Record]]] = {p: [] for p in sorted(offsets)}
+        self._merged: list[tuple[int, Record]] = []  # merged, in emission order, from _next on
+        self._next = 0
+        self._waiting_since = 0.0  # monotonic time since when _merged has not been empty
+        self._fetched: deque[tuple[int, float]] = deque()  # (end index in _merged, monotonic time merged)
+        self._catching_up = False
         self._at_end: set[int] = set()  # caught up: nothing buffered and nothing more in the log (yet)
         self._highs: dict[int, int] = dict(highs)  # partition -> newest event time buffered so far
         self._emitted: dict[int, int] = dict(highs)  # partition -> merge time of the last record emitted
@@ -486,13 +511,59 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         if self._tail and time.monotonic() >= self._lag_due:
             self._lag_due = time.monotonic() + LAG_EVERY_S
             _report_lag(self._consumer, self._topic, self._offsets)
+        merged, first, size = self._merged, self._next, self._batch_size
+        left = len(merged) - first
+        if self._tail and left:
+            behind = time.monotonic() - self._waiting_since - self.CATCHUP_AFTER_S
+            if behind >= 0:
+                size = min(max(size, self.CATCHUP_BATCH), size << min(16, 1 + int(behind / self.CATCHUP_DOUBLE_S)))
+                if not self._catching_up:
+                    self._catching_up = True
+                    log.info("%s: behind for %.1f s, catching up in growing batches", self._topic, self.CATCHUP_AFTER_S)
+        if left < size:
+            # Live never blocks here (a blocking consume waits for a full FETCH_MAX, stalling
+            # the whole worker): next_awake paces the polls. A replay with nothing merged
+            # waits a little for the client's next fetch.
+            self._fetch(0.0 if self._tail or left else 0.02)
+            if not left and len(merged) > first:
+                self._waiting_since = time.monotonic()
+                if self._catching_up:
+                    self._catching_up = False
+                    log.info("%s: caught up, batches of %d again", self._topic, self._batch_size)
+            left = len(merged) - first
+        if not left:
+            if not self._tail and len(self._at_end) == len(self._buffers) and not any(self._buffers.values()):
+                raise StopIteration
+            return []
+        chunk = merged[first : first + size]
+        if self._tail:
+            fetched = self._fetched
+            while fetched[0][0] <= first:
+                fetched.popleft()
+            SOURCE_WAIT.observe(time.monotonic() - fetched[0][1])
+        if first + size >= len(merged):
+            merged.clear()
+            self._fetched.clear()
+            self._next = 0
+        else:
+            self._next = first + size
+        offsets, emitted = self._offsets, self._emitted
+        for ts, rec in chunk:
+            offsets[rec.partition] = rec.offset + 1
+            emitted[rec.partition] = ts
+        self._counter.inc(len(chunk))
+        return [rec for _ts, rec in chunk]
+
+    def _fetch(self, timeout: float) -> None:
+        """Read what the client has, buffer it per partition and move every record that is
+        safe to emit into ``_merged``."""
         buffers, ts_of, at_end, highs = self._buffers, self._ts_of, self._at_end, self._highs
         topic, new = self._topic, tuple.__new__
-        for m in self._consumer.consume(self._batch_size, 0.02):
+        for m in self._consumer.consume(self.FETCH_MAX, timeout):
             err, p = m.error(), m.partition()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    if int(m.offset() or 0) >= self._offsets[p] + len(buffers[p]) and p not in at_end:
+                    if int(m.offset() or 0) >= self._read_to(p) and p not in at_end:
                         at_end.add(p)
                         self._end_since[p] = time.monotonic()
                     continue
@@ -508,8 +579,6 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             highs[p] = ts
             buffers[p].append((ts, new(Record, (topic, p, m.offset(), m.key(), value))))
             at_end.discard(p)
-        if not self._tail and len(at_end) == len(buffers) and not any(buffers.values()):
-            raise StopIteration
         # Every record not newer than the newest record seen on each partition that may still
         # deliver something is safe to emit: whatever that partition delivers next is at least
         # that new. A partition at its end bounds nothing in a replay (it is finished); live it
@@ -522,7 +591,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             if buf:
                 last = buf[-1][0]
             elif p not in at_end:
-                return []
+                return
             elif not self._tail or p not in highs or now - self._end_since[p] >= self._idle_s:
                 continue
             else:
@@ -530,26 +599,34 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             if bound is None or last < bound:
                 bound = last
         ready: list[tuple[int, Record]] = []
-        offsets, emitted = self._offsets, self._emitted
-        for p, buf in buffers.items():
+        for buf in buffers.values():
             if not buf:
                 continue
             cut = len(buf) if bound is None or buf[-1][0] <= bound else bisect_right(buf, bound, key=_merge_time)
             if cut:
-                ts, rec = buf[cut - 1]
-                offsets[p] = rec.offset + 1
-                emitted[p] = ts
                 ready += buf[:cut]
                 del buf[:cut]
-        if not ready:
-            return []
-        ready.sort(key=_merge_time)  # stable: equal times stay in (partition, offset) order
-        out = [rec for _ts, rec in ready]
-        self._counter.inc(len(out))
-        return out
+        if ready:
+            ready.sort(key=_merge_time)  # stable: equal times stay in (partition, offset) order
+            self._merged += ready
+            self._fetched.append((len(self._merged), time.monotonic()))
+
+    def _read_to(self, p: int) -> int:
+        """The offset after the last record of partition ``p`` read so far (emitted or not)."""
+        buf = self._buffers[p]
+        if buf:
+            return buf[-1][1].offset + 1
+        merged = self._merged
+        for i in range(len(merged) - 1, self._next - 1, -1):
+            rec = merged[i][1]
+            if rec.partition == p:
+                return rec.offset + 1
+        return self._offsets[p]
 
     def next_awake(self) -> datetime | None:
-        return datetime.now(UTC) + timedelta(milliseconds=5)
+        if len(self._merged) > self._next or not self._tail:
+            return None  # more to emit (or a replay, whose fetch waits in the client): at once
+        return datetime.now(UTC) + timedelta(seconds=self.LIVE_POLL_S)
 
     def snapshot(self) -> _MergeState:
         # The running maximum goes with the offsets, so a late record right after the resume
@@ -574,7 +651,11 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
     most ``idle_s`` of wall time (then it is taken as idle), which keeps live processing in
     event-time order too - the order a replay after a crash reproduces. ``tail=False`` ends
     at the end of every partition. The resume state is the next offset and the running
-    maximum of each partition.
+    maximum of each partition, of what has been emitted.
+
+    A batch holds at most ``batch_size`` records, whatever a fetch brought: small live batches
+    keep decisions prompt; a live source whose records wait without a break for two seconds
+    (the flow is behind) doubles its batches until it has caught up.
     """
 
     def __init__(

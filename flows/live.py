@@ -117,7 +117,8 @@ def build(
     ``source``: read the market input from this topic instead of the catalog's.
     ``batch_size``: most ticks per source batch. A decision leaves the flow once its whole
     batch has been through the instrument steps, so live latency grows with it; replays want
-    it large (throughput).
+    it large (throughput). A live flow that falls behind grows its batches until it has
+    caught up (:class:`OrderedSource`).
     """
     universe = list(universe)
     flow = Dataflow("live")

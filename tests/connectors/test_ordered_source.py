@@ -123,3 +123,92 @@ def test_a_tailing_source_reports_its_consumer_lag(kafka: KafkaClientConfig, cat
         assert lag == 30 - read, lag
     finally:
         part.close()
+
+
+def _drain(part, limit: float = 30.0) -> list[list]:
+    """Batches from a source partition until it ends (replay) or ``limit`` seconds pass."""
+    import time
+
+    batches: list[list] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            b = part.next_batch()
+        except StopIteration:
+            break
+        if b:
+            batches.append(b)
+    return batches
+
+
+def test_batches_are_slices_of_the_merge_and_a_snapshot_resumes_after_the_last_emitted(
+    kafka: KafkaClientConfig, catalog: TopicCatalog
+) -> None:
+    """What is read per fetch and what is emitted per batch are independent: every batch holds
+    at most ``batch_size`` records, all batches together are the merge a large batch gives,
+    and a snapshot taken between batches names exactly what was emitted - records merged but
+    not yet emitted are read again after a resume, never lost or doubled."""
+    topic = catalog.name("md.ticks")
+    p = Producer(kafka.producer())
+    for k in range(200):
+        p.produce(topic, json.dumps({"ts": (k * 7919) % 997}).encode(), partition=k % 4)
+    assert p.flush(10) == 0
+
+    def key(r) -> tuple[int, int]:
+        return r.partition, r.offset
+
+    whole = OrderedSource(kafka, topic, _ts, batch_size=5000)
+    part = whole.build_part("in", whole.list_parts()[0], None)
+    try:
+        reference = [key(r) for b in _drain(part) for r in b]
+    finally:
+        part.close()
+    assert len(reference) == 200
+
+    src = OrderedSource(kafka, topic, _ts, batch_size=7)
+    part = src.build_part("in", src.list_parts()[0], None)
+    try:
+        first: list[list] = []
+        while len(first) < 5:
+            b = part.next_batch()
+            if b:
+                first.append(b)
+        state = part.snapshot()
+        batches = [*first, *_drain(part)]
+    finally:
+        part.close()
+    assert all(len(b) <= 7 for b in batches)
+    assert [key(r) for b in batches for r in b] == reference
+
+    # Stop after the first batches, resume from the snapshot: the rest, in the same order.
+    resumed = src.build_part("in", src.list_parts()[0], state)
+    try:
+        rest = [key(r) for b in _drain(resumed) for r in b]
+    finally:
+        resumed.close()
+    done = sum(len(b) for b in first)
+    assert rest == reference[done:]
+
+
+def test_a_live_source_that_stays_behind_grows_its_batches(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
+    """Live, small batches keep latency low while the flow keeps up; records waiting without a
+    break for CATCHUP_AFTER_S mean it is behind, and batches grow to catch up."""
+    topic = catalog.name("md.ticks")
+    p = Producer(kafka.producer())
+    for k in range(4000):
+        p.produce(topic, json.dumps({"ts": k}).encode(), partition=k % 4)
+    assert p.flush(10) == 0
+
+    def sizes(after_s: float) -> list[int]:
+        src = OrderedSource(kafka, topic, _ts, batch_size=10, tail=True)
+        part = src.build_part("in", src.list_parts()[0], None)
+        part.CATCHUP_AFTER_S, part.CATCHUP_DOUBLE_S = after_s, 0.001
+        try:
+            got = [len(b) for b in _drain(part, limit=3.0)]
+        finally:
+            part.close()
+        assert sum(got) >= 3990  # the newest records of each partition wait for the idle bound
+        return got
+
+    assert max(sizes(60.0)) == 10  # keeping up (here: not behind for long enough)
+    assert max(sizes(0.0)) > 10
