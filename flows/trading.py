@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
@@ -85,8 +86,9 @@ class TradingSetup:
     published: Callable[[str, int], Iterable[Any]] | None = None
 
 
-def _order(item: tuple[int, int, str, Any, Any]) -> tuple[int, int, str, Any]:
-    return item[0], item[1], item[2], item[3]
+# Sort key of the desk's merged items (event time, kind, instrument, seq or id): the value itself is
+# never compared; the sort is stable, so full ties keep their arrival order.
+_order = itemgetter(0, 1, 2, 3)
 
 
 class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
