@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -450,19 +449,18 @@ class _MergeState(NamedTuple):
     highs: dict[int, int]  # partition -> running maximum of event time at that point
 
 
-_merge_time = itemgetter(0)
-
-
 class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
     """Every partition of one topic, merged into event-time order (see :class:`OrderedSource`).
 
-    Each partition's buffer holds ``(merge time, record)`` in log order; the merge time is the
-    partition's running maximum of event time, so every buffer is sorted by it. A merge takes
-    each buffer's ready prefix (found by bisection) in partition order and sorts the lot
-    stably by merge time alone: ties fall to partition, then offset, with no per-record key
-    built or compared in Python. Merged records wait in ``_merged`` and leave at most
-    ``batch_size`` per batch, so the size of what the flow processes at once (which bounds
-    live latency) does not limit how much is read per fetch (which bounds throughput).
+    Each partition's buffer holds its records in log order with their merge times in a
+    parallel list; the merge time is the partition's running maximum of event time, so every
+    buffer is sorted by it. A merge takes each buffer's ready prefix (found by bisection) in
+    partition order and sorts the lot stably by merge time alone: ties fall to partition,
+    then offset. Times and records stay in parallel lists, never paired in tuples: a tuple
+    per record in flight is an object the collector walks (tens of thousands per young
+    collection). Merged records wait in ``_merged`` and leave at most ``batch_size`` per
+    batch, so the size of what the flow processes at once (which bounds live latency) does
+    not limit how much is read per fetch (which bounds throughput).
     """
 
     FETCH_MAX = 5000  # most messages taken from the client per call
@@ -491,8 +489,10 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
         self._topic, self._offsets, self._ts_of, self._batch_size = topic, dict(offsets), ts_of, batch_size
         self._tail = tail
-        self._buffers: dict[int, list[tuple[int, Record]]] = {p: [] for p in sorted(offsets)}
-        self._merged: list[tuple[int, Record]] = []  # merged, in emission order, from _next on
+        self._buffers: dict[int, list[Record]] = {p: [] for p in sorted(offsets)}
+        self._buffer_ts: dict[int, list[int]] = {p: [] for p in sorted(offsets)}  # merge times
+        self._merged: list[Record] = []  # merged, in emission order, from _next on
+        self._merged_ts: list[int] = []
         self._next = 0
         self._waiting_since = 0.0  # monotonic time since when _merged has not been empty
         self._fetched: deque[tuple[int, float]] = deque()  # (end index in _merged, monotonic time merged)
@@ -536,6 +536,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
                 raise StopIteration
             return []
         chunk = merged[first : first + size]
+        times = self._merged_ts[first : first + size]
         if self._tail:
             fetched = self._fetched
             while fetched[0][0] <= first:
@@ -543,21 +544,22 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             SOURCE_WAIT.observe(time.monotonic() - fetched[0][1])
         if first + size >= len(merged):
             merged.clear()
+            self._merged_ts.clear()
             self._fetched.clear()
             self._next = 0
         else:
             self._next = first + size
         offsets, emitted = self._offsets, self._emitted
-        for ts, rec in chunk:
+        for ts, rec in zip(times, chunk, strict=True):
             offsets[rec.partition] = rec.offset + 1
             emitted[rec.partition] = ts
         self._counter.inc(len(chunk))
-        return [rec for _ts, rec in chunk]
+        return chunk
 
     def _fetch(self, timeout: float) -> None:
         """Read what the client has, buffer it per partition and move every record that is
         safe to emit into ``_merged``."""
-        buffers, ts_of, at_end, highs = self._buffers, self._ts_of, self._at_end, self._highs
+        buffers, buffer_ts, ts_of, at_end, highs = self._buffers, self._buffer_ts, self._ts_of, self._at_end, self._highs
         topic, new = self._topic, tuple.__new__
         for m in self._consumer.consume(self.FETCH_MAX, timeout):
             err, p = m.error(), m.partition()
@@ -577,7 +579,8 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             if high is not None and ts < high:
                 ts = high
             highs[p] = ts
-            buffers[p].append((ts, new(Record, (topic, p, m.offset(), m.key(), value))))
+            buffers[p].append(new(Record, (topic, p, m.offset(), m.key(), value)))
+            buffer_ts[p].append(ts)
             at_end.discard(p)
         # Every record not newer than the newest record seen on each partition that may still
         # deliver something is safe to emit: whatever that partition delivers next is at least
@@ -587,9 +590,9 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         # the order the crashed run saw. Within the batch: (time, partition, offset).
         bound = None
         now = time.monotonic() if self._tail else 0.0
-        for p, buf in buffers.items():
-            if buf:
-                last = buf[-1][0]
+        for p, tss in buffer_ts.items():
+            if tss:
+                last = tss[-1]
             elif p not in at_end:
                 return
             elif not self._tail or p not in highs or now - self._end_since[p] >= self._idle_s:
@@ -598,27 +601,33 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
                 last = highs[p]
             if bound is None or last < bound:
                 bound = last
-        ready: list[tuple[int, Record]] = []
-        for buf in buffers.values():
-            if not buf:
+        ready: list[Record] = []
+        ready_ts: list[int] = []
+        for p, tss in buffer_ts.items():
+            if not tss:
                 continue
-            cut = len(buf) if bound is None or buf[-1][0] <= bound else bisect_right(buf, bound, key=_merge_time)
+            cut = len(tss) if bound is None or tss[-1] <= bound else bisect_right(tss, bound)
             if cut:
+                buf = buffers[p]
                 ready += buf[:cut]
-                del buf[:cut]
+                ready_ts += tss[:cut]
+                del buf[:cut], tss[:cut]
         if ready:
-            ready.sort(key=_merge_time)  # stable: equal times stay in (partition, offset) order
-            self._merged += ready
+            # Stable: equal times stay in (partition, offset) order. Positions are plain ints,
+            # which the collector does not track.
+            order = sorted(range(len(ready_ts)), key=ready_ts.__getitem__)
+            self._merged += [ready[i] for i in order]
+            self._merged_ts += [ready_ts[i] for i in order]
             self._fetched.append((len(self._merged), time.monotonic()))
 
     def _read_to(self, p: int) -> int:
         """The offset after the last record of partition ``p`` read so far (emitted or not)."""
         buf = self._buffers[p]
         if buf:
-            return buf[-1][1].offset + 1
+            return buf[-1].offset + 1
         merged = self._merged
         for i in range(len(merged) - 1, self._next - 1, -1):
-            rec = merged[i][1]
+            rec = merged[i]
             if rec.partition == p:
                 return rec.offset + 1
         return self._offsets[p]
