@@ -549,10 +549,17 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             self._next = 0
         else:
             self._next = first + size
-        offsets, emitted = self._offsets, self._emitted
-        for ts, rec in zip(times, chunk, strict=True):
-            offsets[rec.partition] = rec.offset + 1
-            emitted[rec.partition] = ts
+        # Resume state: each partition's last emitted record, found from the end of the batch
+        # (the scan stops once every partition is placed, not after every record).
+        offsets, emitted, placed = self._offsets, self._emitted, set()
+        for i in range(len(chunk) - 1, -1, -1):
+            rec = chunk[i]
+            if rec.partition not in placed:
+                placed.add(rec.partition)
+                offsets[rec.partition] = rec.offset + 1
+                emitted[rec.partition] = times[i]
+                if len(placed) == len(offsets):
+                    break
         self._counter.inc(len(chunk))
         return chunk
 

@@ -534,6 +534,11 @@ _register_instruments()
 
 
 def main() -> None:
+    # Every command may run a flow in this process (backtest, optimize, replay): collector
+    # settings as in a flow process (flows.runtime.tune_gc); a few ms for the small commands.
+    from flows.runtime import tune_gc
+
+    tune_gc()
     app()
 
 

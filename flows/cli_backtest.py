@@ -116,7 +116,6 @@ def backtest(
     from connectors.postgres.migrate import migrate
     from flows.backtest import BacktestError, BacktestSpec, load_input, run_backtest, universe_for
     from flows.cli import _endpoints, _settings
-    from flows.runtime import tune_gc
 
     syms = tuple(x.strip() for x in instruments.split(",") if x.strip())
     try:
@@ -148,7 +147,6 @@ def backtest(
             console.print(f"reading {data} ...")
             market = load_input(spec, conn)
             universe = universe_for({e.instrument for e in market.events}, load_instruments(conn))
-            tune_gc()
             result = run_backtest(spec, market, universe, KafkaClientConfig.from_settings(s, ep.bootstrap), out_dir,
                                   run_id=run_id, keep_topics=keep_topics, progress=True, db=conn)  # fmt: skip
         except (HistoryError, BacktestError, ValueError) as exc:
@@ -248,7 +246,6 @@ def optimize(
     from flows.cli import _endpoints, _settings
     from flows.optimize import OptimizeError, evaluate_all, grid, parse_space, rank, sample, write_results
     from flows.optimize import walk_forward as run_walk_forward
-    from flows.runtime import tune_gc
 
     syms = tuple(x.strip() for x in instruments.split(",") if x.strip())
     try:
@@ -285,7 +282,6 @@ def optimize(
             market = load_input(spec, conn)
             universe = universe_for({e.instrument for e in market.events}, load_instruments(conn))
         console.print(f"{len(points)} points x {len(market.events):,} {market.kind}, {metric} ranks them")
-        tune_gc()  # for the points evaluated in this process (one process: all of them)
         with Progress(*cols) as bar:
             task = bar.add_task("backtests", total=None)
             if wf:
@@ -338,7 +334,6 @@ def replay(
     from flows.cli import _catalog, _endpoints, _settings
     from flows.live import warm_candles
     from flows.parity import replay_session
-    from flows.runtime import tune_gc
     from strategies.registry import REGISTRY
 
     if not from_recorded:
@@ -365,7 +360,6 @@ def replay(
                   f"from {catalog.name('md.ticks')} ...")  # fmt: skip
     if sess["recovery"]:
         console.print("[dim]the session ran under Bytewax recovery: a restart mid-session is not replayed as such[/dim]")
-    tune_gc()
     d = replay_session(KafkaClientConfig.from_settings(s, ep.bootstrap), catalog, sess, universe, warm)
     counts = ", ".join(f"{n} {k}s" for k, n in sorted(d.compared.items())) or "nothing"
     console.print(f"compared {counts}; {d.beyond_horizon} replay events after the recording's horizon not judged")

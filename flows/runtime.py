@@ -26,9 +26,10 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def tune_gc() -> None:
-    """Garbage-collector settings for a flow process (live, ingest, persist, backtest, optimize
-    workers): what start-up built (modules, settings, clients) is frozen out of every later
-    collection, and young collections run every 50k allocations instead of 700."""
+    """Garbage-collector settings for a flow process: ``flow_context`` (live, ingest, persist),
+    the ``ticktape`` command (backtest, optimize, replay) and optimize workers. What start-up
+    built (modules, settings, clients) is frozen out of every later collection, and young
+    collections run every 50k allocations instead of 700."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

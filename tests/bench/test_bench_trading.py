@@ -219,8 +219,8 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
             "speed": LIVE_SPEED,
             "wall_s": LIVE_WALL_S,
             "measured": "candle-closing tick processed -> order intents emitted (ticktape_decision_to_intent_seconds)",
-            "not_measured": "the wait before processing: merged in the source, not yet in the flow "
-            "(ticktape_source_wait_seconds, per batch; in extra.runs)",
+            "also_reported": "per run in extra.runs: the wait before processing, merged in the source but "
+            "not yet in the flow (ticktape_source_wait_seconds, oldest record of each batch)",
         },
     )
     result.extra["runs"] = runs_stats
