@@ -80,14 +80,12 @@ def _unauthorized(code: str) -> ApiError:
     return ApiError(401, "Not authenticated", code, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-async def current_user(
-    request: Request,
-    st: Annotated[AppState, Depends(state)],
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+async def current_user(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
     """The caller of every protected route. Checking the token is a little CPU, so this runs
     on the event loop (no threadpool hand-off per request); only the rare refusal, which
-    writes the audit log, goes to a thread."""
+    writes the audit log, goes to a thread. (The state is read from the request rather than
+    taken as a dependency: each dependency costs every protected request a resolution.)"""
+    st: AppState = request.app.state.ticktape
     if creds is None or creds.scheme.lower() != "bearer":
         msg = "missing bearer token"
         raise _unauthorized(msg)

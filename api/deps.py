@@ -75,8 +75,10 @@ def conn(st: Annotated[AppState, Depends(state)]) -> Iterator[psycopg.Connection
         raise ApiError(503, "Database unavailable", str(exc).splitlines()[0]) from None
 
 
-async def aconn(st: Annotated[AppState, Depends(state)]) -> AsyncIterator[psycopg.AsyncConnection]:
-    if (pool := st.apool) is None:
+async def aconn(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
+    # The state is read from the request, not taken as a dependency: every dependency costs
+    # the busy read routes a resolution per request (FastAPI resolves even cached ones).
+    if (pool := request.app.state.ticktape.apool) is None:
         raise ApiError(503, "Database unavailable", "no database is configured or running")
     try:
         async with pool.connection(timeout=5) as c:
@@ -153,24 +155,35 @@ Paged = Annotated[Page, Depends(page)]
 
 
 @dataclass(frozen=True)
-class TimeRange:
+class Window:
+    """A time range and a page of the rows in it: what a series route (candles, ticks, depth)
+    reads, parsed by one dependency (each dependency costs a busy route a resolution per request)."""
+
     start: datetime
     end: datetime
+    limit: int
+    offset: int
     truncated: bool = False  # the asked range was longer than the limit and was cut at start + limit
 
+    def args(self) -> dict[str, Any]:
+        """The query arguments ``start``, ``end``, ``limit`` and ``offset``."""
+        return {"start": self.start, "end": self.end, "limit": self.limit, "offset": self.offset}
 
-def time_range(max_span: timedelta, default_span: timedelta) -> Any:
-    """A dependency parsing ``from``/``to`` (ISO-8601 with an offset). Only ``from``: the
-    ``default_span`` after it; only ``to``: the one before it; neither: the last
-    ``default_span``. A range longer than ``max_span`` is cut to ``from + max_span`` and the
-    response says so in ``X-Time-Range`` (page through longer periods); an empty range
-    (``from >= to``) simply has no rows."""
+
+def series_window(max_span: timedelta, default_span: timedelta) -> Any:
+    """A dependency parsing ``from``/``to`` (ISO-8601 with an offset) and the page
+    (``limit``/``offset``, as :func:`page`). Only ``from``: the ``default_span`` after it; only
+    ``to``: the one before it; neither: the last ``default_span``. A range longer than
+    ``max_span`` is cut to ``from + max_span`` and the response says so in ``X-Time-Range``
+    (page through longer periods); an empty range (``from >= to``) simply has no rows."""
 
     async def parse(
         response: Response,
         from_: Annotated[datetime | None, Query(alias="from", description="start, ISO-8601 with offset")] = None,
         to: Annotated[datetime | None, Query(description="end (exclusive), ISO-8601 with offset")] = None,
-    ) -> TimeRange:
+        limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")] = 0,
+    ) -> Window:
         for name, v in (("from", from_), ("to", to)):
             if v is not None and v.tzinfo is None:
                 raise ApiError(422, "Invalid time", f"{name}={v.isoformat()} has no UTC offset")
@@ -184,6 +197,6 @@ def time_range(max_span: timedelta, default_span: timedelta) -> Any:
         if cut:
             end = start + max_span
         response.headers["X-Time-Range"] = f"{start.isoformat()}/{end.isoformat()}" + ("; truncated" if cut else "")
-        return TimeRange(start, end, cut)
+        return Window(start, end, limit, offset, cut)
 
     return parse

@@ -18,13 +18,17 @@ from typing import Annotated, Any, LiteralString
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel
 
-from api.deps import AConn, Page, Paged, TimeRange, encoded_json, json_body, model_rows, time_range
+from api.deps import AConn, Paged, Window, encoded_json, json_body, model_rows, series_window
 from api.errors import PROBLEM_RESPONSES, ApiError
 
 router = APIRouter(tags=["market data"], responses=PROBLEM_RESPONSES)
 SYMBOL = r"^[A-Z0-9_]{1,12}:[A-Za-z0-9&_.\- ]{1,50}$"
 Symbol = Annotated[str, Path(pattern=SYMBOL, description="EXCHANGE:TRADINGSYMBOL, e.g. NSE:INFY")]
 TIMEFRAMES = ("1s", "5s", "1m", "5m", "15m", "1h", "1d")
+# What a series route reads: at most this long a range (longer ones are cut), this long when unsaid.
+CandleWindow = Annotated[Window, Depends(series_window(timedelta(days=400), timedelta(days=1)))]
+TickWindow = Annotated[Window, Depends(series_window(timedelta(days=1), timedelta(minutes=15)))]
+DepthWindow = Annotated[Window, Depends(series_window(timedelta(days=1), timedelta(minutes=5)))]
 
 
 class InstrumentOut(BaseModel):
@@ -105,10 +109,6 @@ async def _series(conn: AConn, query: LiteralString, order: LiteralString, args:
     return body.encode()
 
 
-def _window(instrument: str, span: TimeRange, page: Page) -> dict[str, Any]:
-    return {"instrument": instrument, "start": span.start, "end": span.end, "limit": page.limit, "offset": page.offset}
-
-
 @router.get("/api/instruments", response_model=InstrumentPage)
 async def instruments(
     conn: AConn,
@@ -145,8 +145,7 @@ async def instruments(
 async def candles(
     conn: AConn,
     instrument: Symbol,
-    page: Paged,
-    span: Annotated[TimeRange, Depends(time_range(timedelta(days=400), timedelta(days=1)))],
+    window: CandleWindow,
     response: Response,
     timeframe: Annotated[str, Query(pattern=r"^(1s|5s|1m|5m|15m|1h|1d)$")] = "1m",
 ) -> Response:
@@ -159,7 +158,7 @@ async def candles(
            WHERE i.symbol = %(instrument)s AND c.timeframe = %(timeframe)s AND c.time >= %(start)s AND c.time < %(end)s
            ORDER BY c.time LIMIT %(limit)s OFFSET %(offset)s""",
         "r.time",
-        {**_window(instrument, span, page), "timeframe": timeframe},
+        {**window.args(), "instrument": instrument, "timeframe": timeframe},
     )
     return json_body(body, response)
 
@@ -168,8 +167,7 @@ async def candles(
 async def ticks(
     conn: AConn,
     instrument: Symbol,
-    page: Paged,
-    span: Annotated[TimeRange, Depends(time_range(timedelta(days=1), timedelta(minutes=15)))],
+    window: TickWindow,
     response: Response,
 ) -> Response:
     """Stored ticks in [from, to), oldest first (at most one day per request)."""
@@ -181,7 +179,7 @@ async def ticks(
            WHERE i.symbol = %(instrument)s AND t.time >= %(start)s AND t.time < %(end)s
            ORDER BY t.time, t.seq LIMIT %(limit)s OFFSET %(offset)s""",
         "r.time, r.seq",
-        _window(instrument, span, page),
+        {**window.args(), "instrument": instrument},
     )
     return json_body(body, response)
 
@@ -190,8 +188,7 @@ async def ticks(
 async def depth(
     conn: AConn,
     instrument: Symbol,
-    page: Paged,
-    span: Annotated[TimeRange, Depends(time_range(timedelta(days=1), timedelta(minutes=5)))],
+    window: DepthWindow,
     response: Response,
 ) -> Response:
     """Stored 5-level order book snapshots in [from, to), oldest first."""
@@ -203,6 +200,6 @@ async def depth(
            WHERE i.symbol = %(instrument)s AND d.time >= %(start)s AND d.time < %(end)s
            ORDER BY d.time LIMIT %(limit)s OFFSET %(offset)s""",
         "r.time",
-        _window(instrument, span, page),
+        {**window.args(), "instrument": instrument},
     )
     return json_body(body, response)
