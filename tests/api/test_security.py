@@ -283,6 +283,25 @@ def test_access_token_round_trip_and_expiry(config: SecurityConfig) -> None:
     assert _code(err) == "token_expired"
 
 
+def test_a_remembered_verification_is_bound_to_the_secret_and_to_the_clock(config: SecurityConfig) -> None:
+    # Verifications are remembered per token (api.security._verified_claims): a token that
+    # verified once must still expire on time, and must not verify under another secret.
+    token = issue_access_token(7, config, T0)
+    for _ in range(2):
+        assert verify_access_token(token, config, T0 + timedelta(minutes=1)).user_id == 7
+    other = SecurityConfig(jwt_secret=secrets.token_urlsafe(48))
+    for cfg, at, code in ((other, T0, "token_invalid"), (config, T0 + timedelta(minutes=15), "token_expired")):
+        with pytest.raises(AuthError) as err:
+            verify_access_token(token, cfg, at)
+        assert _code(err) == code
+    # A refusal is never remembered as anything else: the same forgery is refused every time.
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    for _ in range(2):
+        with pytest.raises(AuthError) as err:
+            verify_access_token(forged, config, T0)
+        assert _code(err) == "token_invalid"
+
+
 def test_access_token_rejects_none_other_algorithms_and_forgeries(config: SecurityConfig) -> None:
     claims = _claims(config)
     good = jwt.encode(claims, config.jwt_secret, algorithm="HS256")
