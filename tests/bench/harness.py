@@ -60,6 +60,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_clock() -> tuple[int, int]:
+    """(stolen, total) CPU time of the whole machine so far, in clock ticks (zeros where
+    /proc/stat is missing). On a virtual machine the hypervisor's other guests take CPU time
+    from ours ("steal"); a latency tail measured while that happened says more about the
+    neighbours than about the code, so benchmarks record it next to each run."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def stolen_since(start: tuple[int, int]) -> float:
+    """The share of the machine's CPU time stolen since ``start`` (a :func:`cpu_clock` reading)."""
+    steal, total = cpu_clock()
+    return round((steal - start[0]) / (total - start[1]), 4) if total > start[1] else 0.0
+
+
 @dataclass
 class BenchResult:
     name: str
@@ -109,12 +127,16 @@ def measure(
             baseline()
     subject: list[float] = []
     base: list[float] = []
+    steal: list[float] = []
     for _ in range(runs):
+        clock = cpu_clock()
         subject.append(fn())
+        steal.append(stolen_since(clock))
         if baseline is not None:
             base.append(baseline())
     figure = statistics.median(subject)
-    result = BenchResult(name=name, figure=figure, unit=unit, runs=subject, params=params or {}, extra=extra or {})
+    extra = {**(extra or {}), "steal_share": steal}
+    result = BenchResult(name=name, figure=figure, unit=unit, runs=subject, params=params or {}, extra=extra)
     if baseline is not None:
         bfig = statistics.median(base)
         result.baseline = {"name": baseline_name, "figure": bfig, "runs": base, "ratio": figure / bfig if bfig else None}
