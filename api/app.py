@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from api import auth, errors, security
-from api.deps import AppState
+from api.deps import AppState, known_query
 from api.routes import backtests, market, risk, strategies, trading
 from api.ws import Hub
 from connectors.settings import Settings, load_settings
@@ -236,7 +236,8 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
                        allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     errors.install(app)
     auth.install(app, auth.RateLimiter(settings.api_login_rate_limit_per_min, settings.api_rate_limit_per_min))
-    app.include_router(auth.router)
+    strict = Depends(known_query)
+    app.include_router(auth.router, dependencies=[strict])
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
@@ -260,11 +261,11 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         await app.state.hub.serve(websocket)
 
     for router in (market.router, strategies.router, risk.router, trading.router, backtests.router):
-        app.include_router(router, dependencies=[Depends(auth.current_user)])
+        app.include_router(router, dependencies=[strict, Depends(auth.current_user)])
 
     probes = _Probes(settings, app.state.ticktape)
 
-    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}}, dependencies=[strict])
     async def health(response: Response) -> Health:
         broker, (db, lag, trading) = await probes.latest()
         flows = {name: _flow_health(fs) for name, fs in read_flow_status(settings.home_dir).items() if name != "api"}

@@ -337,11 +337,12 @@ async def _problem(send: Any, scope: dict[str, Any], status: int, title: str, de
                    extra: list[tuple[bytes, bytes]] | None = None) -> None:  # fmt: skip
     from api.errors import PROBLEM, Problem
 
-    body = Problem(title=title, status=status, detail=detail, instance=scope["path"]).model_dump_json(exclude_none=True)
+    problem = Problem(title=title, status=status, detail=detail, instance=scope["path"])
+    body = problem.model_dump_json(exclude_none=True).encode()  # the length is in bytes (a path may be non-ASCII)
     headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()), *_API_HEADERS,
                *(extra or [])]  # fmt: skip
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI, limiter: RateLimiter) -> None:

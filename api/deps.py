@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import msgspec
 import psycopg
 from fastapi import Depends, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from psycopg.rows import AsyncRowFactory, RowMaker
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pydantic import BaseModel
@@ -91,6 +92,31 @@ async def publisher(st: Annotated[AppState, Depends(state)]) -> CommandPublisher
     if st.commands is None:
         raise ApiError(503, "Broker unavailable", "no broker is configured or running")
     return st.commands
+
+
+_DECLARED_QUERY: dict[int, frozenset[str]] = {}  # id(route) -> the query parameters it declares
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    yield from (p.alias for p in dependant.query_params)
+    for sub in dependant.dependencies:
+        yield from _query_names(sub)
+
+
+async def known_query(request: Request) -> None:
+    """Refuse query parameters the route does not declare (422), as an unknown body field is
+    refused: a misspelt ``limt=5`` would otherwise be ignored and the answer silently differ
+    from what was asked. On every HTTP route (not the WebSocket, whose token rides in the
+    query); the names come from the matched route, worked out once per route."""
+    if not request.scope["query_string"]:
+        return
+    route = request.scope["route"]
+    if (declared := _DECLARED_QUERY.get(id(route))) is None:
+        declared = _DECLARED_QUERY[id(route)] = frozenset(_query_names(route.dependant))
+    if unknown := sorted(set(request.query_params) - declared):
+        allowed = ", ".join(sorted(declared)) or "none"
+        names = ", ".join(repr(u[:40]) for u in unknown[:5])
+        raise ApiError(422, "Invalid request", f"unknown query parameter {names} (this route takes: {allowed})")
 
 
 Conn = Annotated[psycopg.Connection, Depends(conn)]

@@ -210,16 +210,26 @@ def test_book_endpoints_answer_for_an_empty_account(client: TestClient) -> None:
     _problem(client.get("/api/orders", params={"account": "bad account!"}), 422)
 
 
-def _operations() -> list[tuple[str, str]]:
+def _operations() -> list[tuple[str, str, str]]:
+    """Every operation of the schema, with positive data and, where it takes any input, with
+    negative data too (schema-violating parameters or bodies, which must get a 4xx)."""
     paths = create_app(load_settings({"TICKTAPE_HOME": "/tmp/ticktape-openapi"}), environ={}).openapi()["paths"]
-    return [(path, method.upper()) for path, ops in sorted(paths.items()) for method in sorted(ops)]
+    cases = []
+    for path, ops in sorted(paths.items()):
+        for method, op in sorted(ops.items()):
+            cases.append((path, method.upper(), "positive"))
+            if op.get("parameters") or op.get("requestBody"):
+                cases.append((path, method.upper(), "negative"))
+    return cases
 
 
-@pytest.mark.parametrize(("path", "method"), _operations())
-def test_no_input_breaks_the_api(client: TestClient, path: str, method: str) -> None:
-    """schemathesis over every operation with generated (also invalid) input: never a 5xx,
-    responses conform to the schema, invalid data is rejected, valid data accepted."""
+@pytest.mark.parametrize(("path", "method", "mode"), _operations())
+def test_no_input_breaks_the_api(client: TestClient, path: str, method: str, mode: str) -> None:
+    """schemathesis over every operation, all checks: with generated valid input (never a 5xx,
+    responses conform to the schema, valid data accepted) and with generated invalid input
+    (rejected with a 4xx: wrong types, out-of-range values, unknown query parameters)."""
     from hypothesis import given
+    from schemathesis.generation.modes import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     operation = schemathesis.openapi.from_asgi("/openapi.json", client.app)[path][method]
@@ -230,12 +240,24 @@ def test_no_input_breaks_the_api(client: TestClient, path: str, method: str) -> 
     cross_field = {("/api/backtest", "POST"), ("/api/strategies/{strategy_id}/config", "PUT")}
     excluded = [positive_data_acceptance] if (path, method) in cross_field else []
 
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case) -> None:  # type: ignore[no-untyped-def]
         case.call_and_validate(headers={"Authorization": client.headers["Authorization"]}, excluded_checks=excluded)
 
     run()
+
+
+def test_unknown_query_parameters_and_non_ascii_paths_get_a_typed_422(client: TestClient) -> None:
+    body = _problem(client.get("/api/positions", params={"limt": 5}), 422)
+    assert "'limt'" in body["detail"] and "limit" in body["detail"]  # names the stranger and what is allowed
+    _problem(client.get("/health", params={"verbose": 1}), 422)
+    assert client.get("/api/positions", params={"limit": 5}).status_code == 200
+    # Refused at the door (NUL) on a non-ASCII path: the length header counts bytes, so the
+    # body arrives whole and parses.
+    r = client.delete("/api/orders/%C2%80", params={"\x00": "1"})
+    assert _problem(r, 422)["instance"] == "/api/orders/\u0080"
+    assert int(r.headers["content-length"]) == len(r.content)
 
 
 def test_a_backtest_runs_as_a_background_job(client: TestClient, tmp_path: Path) -> None:
