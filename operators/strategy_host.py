@@ -30,10 +30,10 @@ configure arrive as control commands and apply to the instance everywhere it run
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
 from schemas.market import Candle
@@ -55,6 +55,42 @@ class Deployment:
 
     def subscribes(self, instrument: str) -> bool:
         return not self.params.instruments or instrument in self.params.instruments
+
+
+class RecentCandles(Sequence[Candle]):
+    """``ctx.candles``: a read-only view of a timeframe's recent closed candles, oldest first.
+
+    A view, not a copy: a strategy whose warm-up is long in bars (an opening range of 15
+    minutes on 1 s bars keeps 900) made the host copy that whole history into a tuple on
+    every closed bar of every instrument, whether any subscriber read it or not. It reads the
+    host's history as it is during the call; keep what you need, not the view.
+    """
+
+    __slots__ = ("_candles",)
+
+    def __init__(self, candles: deque[Candle]) -> None:
+        self._candles = candles
+
+    def __len__(self) -> int:
+        return len(self._candles)
+
+    @overload
+    def __getitem__(self, index: int) -> Candle: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Candle, ...]: ...
+    def __getitem__(self, index: int | slice) -> Candle | tuple[Candle, ...]:
+        if isinstance(index, slice):
+            return tuple(self._candles)[index]
+        return self._candles[index]
+
+    def __iter__(self) -> Iterator[Candle]:
+        return iter(self._candles)
+
+    def __reversed__(self) -> Iterator[Candle]:
+        return reversed(self._candles)
+
+    def __repr__(self) -> str:
+        return f"RecentCandles({len(self._candles)} candles)"
 
 
 class _Instance:
@@ -121,13 +157,13 @@ class StrategyHost:
         # One read-only view of the values and history per candle, shared by every subscriber
         # (the caller hands over ``indicators`` and does not change it afterwards).
         view: Mapping[str, float] | None = None
-        recent: tuple[Candle, ...] = ()
+        recent: Sequence[Candle] = ()
         for sid, inst in self.instances.items():
             d = inst.deployment
             if not inst.enabled or d.params.timeframe != candle.timeframe:
                 continue
             if view is None:
-                view, recent = MappingProxyType(indicators), tuple(hist)
+                view, recent = MappingProxyType(indicators), RecentCandles(hist)
             ctx = StrategyContext(
                 sid, d.account, self.instrument, candle.timeframe, view, recent, self.positions.get(sid, 0), d.params
             )

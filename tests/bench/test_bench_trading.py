@@ -210,8 +210,6 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
         fn=lambda: one_run()[0],
         runs=3,
         warmup=0,
-        target=2.0,
-        higher_is_better=False,
         params={
             "instruments": INSTRUMENTS,
             "deployments": 40,
@@ -225,6 +223,14 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
     )
     result.extra["runs"] = runs_stats
     result.extra["p50_ms_median"] = sorted(s["p50_ms"] for s in runs_stats)[len(runs_stats) // 2]
+    # The target counts from the tick's consumption, and a consumed tick first waits in the
+    # source while the flow works through earlier ones (on each 1 s bar boundary all 500
+    # instruments close bars and 40 deployments decide: a wave of work the ticks behind it wait
+    # for). So the target is judged on both parts, not on the processing part alone.
+    wait_p99 = sorted(s["source_wait_p99_ms"] for s in runs_stats)[len(runs_stats) // 2]
+    result.extra["source_wait_p99_ms_median"] = wait_p99
+    result.target = {"value": 2.0, "better": "lower", "met": result.figure + wait_p99 <= 2.0,
+                     "judged_on": "source wait p99 + processing p99 (tick consumed -> intent)"}  # fmt: skip
     result.extra["peak_rss_mib_max"] = max(s["rss_mib"] for s in runs_stats)
     result.extra["rss_target_mib"] = 1024
     result.write()

@@ -155,3 +155,41 @@ def test_only_subscribers_of_the_timeframe_and_instrument_run_and_state_pickles(
     a = host.on_candle(candle(3, 1), {}, 3)
     b = clone.on_candle(candle(3, 1), {}, 3)
     assert a == b
+
+
+@REG.register("recorder")
+class Recorder(Strategy[FollowParams]):
+    """Records what it sees of ``ctx.candles`` during each call."""
+
+    Params = FollowParams
+    seen: list[tuple[int, float, tuple[float, ...], list[float], list[float]]] = []
+
+    @classmethod
+    def warmup(cls, params: FollowParams) -> int:
+        return params.lookback
+
+    def on_candle(self, ctx: StrategyContext[FollowParams], candle: Candle) -> list[TargetPosition]:
+        c = ctx.candles
+        assert c[-1] is candle and c[0] is next(iter(c)) and candle in c
+        self.seen.append((len(c), c[-1].close, tuple(x.close for x in c[:2]), [x.close for x in c],
+                          [x.close for x in reversed(c)]))  # fmt: skip
+        return []
+
+
+def test_recent_candles_read_as_a_sequence_bounded_by_the_warmup() -> None:
+    # lookback 3: warm-up 3 bars, so the host keeps the last 4 closed candles.
+    host = StrategyHost(
+        "NSE:INFY", [Deployment("r1", "recorder", REG.params("recorder", {"lookback": 3, "timeframe": "1m"}))], REG
+    )
+    Recorder.seen.clear()
+    for k in range(6):
+        host.on_candle(candle(k, 100.0 + k), {}, now=k)
+    assert [s[0] for s in Recorder.seen] == [1, 2, 3, 4, 4, 4]
+    _, last, first_two, closes, backwards = Recorder.seen[-1]
+    assert (last, first_two, closes, backwards) == (105.0, (102.0, 103.0), [102.0, 103.0, 104.0, 105.0],
+                                                    [105.0, 104.0, 103.0, 102.0])  # fmt: skip
+    # The host's state (history included) still pickles and resumes identically.
+    again = pickle.loads(pickle.dumps(host))
+    Recorder.seen.clear()
+    again.on_candle(candle(6, 106.0), {}, now=6)
+    assert Recorder.seen[-1][3] == [103.0, 104.0, 105.0, 106.0]
