@@ -94,9 +94,6 @@ async def publisher(st: Annotated[AppState, Depends(state)]) -> CommandPublisher
     return st.commands
 
 
-_DECLARED_QUERY: dict[int, frozenset[str]] = {}  # id(route) -> the query parameters it declares
-
-
 def _query_names(dependant: Dependant) -> Iterator[str]:
     yield from (p.alias for p in dependant.query_params)
     for sub in dependant.dependencies:
@@ -107,12 +104,15 @@ async def known_query(request: Request) -> None:
     """Refuse query parameters the route does not declare (422), as an unknown body field is
     refused: a misspelt ``limt=5`` would otherwise be ignored and the answer silently differ
     from what was asked. On every HTTP route (not the WebSocket, whose token rides in the
-    query); the names come from the matched route, worked out once per route."""
+    query). The names come from the matched route (FastAPI puts the route as declared, not its
+    included copy, in the scope: a router-level dependency's own query parameters would not be
+    seen, and none has any) and are kept on it, worked out once."""
     if not request.scope["query_string"]:
         return
     route = request.scope["route"]
-    if (declared := _DECLARED_QUERY.get(id(route))) is None:
-        declared = _DECLARED_QUERY[id(route)] = frozenset(_query_names(route.dependant))
+    if (declared := getattr(route, "_ticktape_query_names", None)) is None:
+        declared = frozenset(_query_names(route.dependant))
+        route._ticktape_query_names = declared
     if unknown := sorted(set(request.query_params) - declared):
         allowed = ", ".join(sorted(declared)) or "none"
         names = ", ".join(repr(u[:40]) for u in unknown[:5])
