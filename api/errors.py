@@ -7,14 +7,17 @@ exception is logged with its trace and answered as a 500 problem naming only its
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from typing import Any
+from datetime import datetime
+from types import NoneType, UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("ticktape.api")
@@ -24,10 +27,60 @@ PROBLEM = "application/problem+json"
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: request strings say so in the schema
 
 
+def _bare(annotation: Any) -> Any:
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field holds (``Optional`` and ``Annotated`` unwrapped, None left out)."""
+    annotation = _bare(annotation)
+    if get_origin(annotation) in (Union, UnionType):
+        return set().union(*(_kinds(a) for a in get_args(annotation)))
+    return set() if annotation is NoneType else {annotation}
+
+
 class RequestBody(BaseModel):
-    """Base of request bodies: unknown fields are refused, not silently ignored."""
+    """Base of request bodies: unknown fields are refused, not silently ignored, and a value
+    must have the JSON type the schema gives it. pydantic's lax mode would read ``true`` as 1,
+    ``"1.5"`` as 1.5 and a number as a timestamp in seconds, so ``{"price": true}`` modified
+    an order to a price of 1."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_types(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, accepted, expected in _json_typed(cls):
+                if (value := data.get(key)) is not None and not _is_json(value, accepted):
+                    msg = f"{key}: expected {expected}, got {type(value).__name__} {value!r:.40}"
+                    raise ValueError(msg)
+        return data
+
+
+def _is_json(value: Any, accepted: tuple[type, ...]) -> bool:
+    if type(value) is bool or not isinstance(value, accepted):
+        return False
+    if accepted == (str,):  # a date-time: ISO-8601 only (pydantic also reads "1700000000" as a timestamp)
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return False
+    return True
+
+
+@functools.cache
+def _json_typed(model: type[BaseModel]) -> tuple[tuple[str, tuple[type, ...], str], ...]:
+    """(JSON key, the Python types JSON may give it, what to call them) of ``model``'s number
+    and date-time fields."""
+    out = []
+    for name, f in model.model_fields.items():
+        kinds = _kinds(f.annotation)
+        if kinds and kinds <= {int, float}:
+            out.append((f.alias or name, (int, float), "a number"))
+        elif kinds and kinds <= {datetime}:
+            out.append((f.alias or name, (str,), "an ISO-8601 date-time string"))
+    return tuple(out)
 
 
 class FieldError(BaseModel):
