@@ -170,10 +170,12 @@ class Page:
     offset: int
 
 
-async def page(
-    limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
-    offset: Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")] = 0,
-) -> Page:
+# A page's parameters, shared by :func:`page` and :func:`series_window`.
+Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")]
+
+
+async def page(limit: Limit = 100, offset: Offset = 0) -> Page:
     return Page(limit, offset)
 
 
@@ -207,8 +209,8 @@ def series_window(max_span: timedelta, default_span: timedelta) -> Any:
         response: Response,
         from_: Annotated[datetime | None, Query(alias="from", description="start, ISO-8601 with offset")] = None,
         to: Annotated[datetime | None, Query(description="end (exclusive), ISO-8601 with offset")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
-        offset: Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> Window:
         for name, v in (("from", from_), ("to", to)):
             if v is not None and v.tzinfo is None:

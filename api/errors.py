@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from types import NoneType, UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -51,35 +52,36 @@ class RequestBody(BaseModel):
     @classmethod
     def _json_types(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for key, accepted, expected in _json_typed(cls):
-                if (value := data.get(key)) is not None and not _is_json(value, accepted):
+            for key, is_json, expected in _json_typed(cls):
+                if (value := data.get(key)) is not None and not is_json(value):
                     msg = f"{key}: expected {expected}, got {type(value).__name__} {value!r:.40}"
                     raise ValueError(msg)
         return data
 
 
-def _is_json(value: Any, accepted: tuple[type, ...]) -> bool:
-    if type(value) is bool or not isinstance(value, accepted):
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)  # not bool (an int subclass), not a numeric string
+
+
+def _is_date_time(value: Any) -> bool:
+    """ISO-8601 text only: pydantic also reads 1700000000 and "1700000000" as timestamps."""
+    try:
+        datetime.fromisoformat(value)
+    except (TypeError, ValueError):
         return False
-    if accepted == (str,):  # a date-time: ISO-8601 only (pydantic also reads "1700000000" as a timestamp)
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            return False
     return True
 
 
 @functools.cache
-def _json_typed(model: type[BaseModel]) -> tuple[tuple[str, tuple[type, ...], str], ...]:
-    """(JSON key, the Python types JSON may give it, what to call them) of ``model``'s number
-    and date-time fields."""
-    out = []
+def _json_typed(model: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], bool], str], ...]:
+    """(JSON key, its check, what it expects) of ``model``'s number and date-time fields."""
+    out: list[tuple[str, Callable[[Any], bool], str]] = []
     for name, f in model.model_fields.items():
         kinds = _kinds(f.annotation)
         if kinds and kinds <= {int, float}:
-            out.append((f.alias or name, (int, float), "a number"))
+            out.append((f.alias or name, _is_number, "a number"))
         elif kinds and kinds <= {datetime}:
-            out.append((f.alias or name, (str,), "an ISO-8601 date-time string"))
+            out.append((f.alias or name, _is_date_time, "an ISO-8601 date-time string"))
     return tuple(out)
 
 

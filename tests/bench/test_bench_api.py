@@ -256,7 +256,8 @@ def test_api_latency_at_500_rps(kafka: KafkaClientConfig, catalog: TopicCatalog,
                 "error_kinds": [x["error_kinds"] for x in runs[name]],
                 "achieved_rps": [round(x["achieved_rps"], 1) for x in runs[name]],
                 # The hypervisor's share of the machine's CPU during each run: a run's tail
-                # tracks it (p99 23 ms at 8% stolen, 5 ms at none, same code).
+                # tracks it (one bench run, same code: positions p99 22 ms at 12% stolen,
+                # 1.8 ms at none).
                 "steal_share": [x["steal"] for x in runs[name]],
             },
             machine=machine(),
