@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
@@ -48,7 +47,7 @@ from schemas.control import (
     ModifyManualOrder,
     Resume,
 )
-from schemas.market import Instrument
+from schemas.market import Instrument, Tick
 from schemas.orders import CancelOrder, Fill, OrderIntent, OrderUpdate, Position, VenueRequest
 from schemas.risk import RiskRejected, StopAlert, TradingState, TradingStateChanged
 from schemas.topics import TopicCatalog
@@ -86,9 +85,53 @@ class TradingSetup:
     published: Callable[[str, int], Iterable[Any]] | None = None
 
 
-# Sort key of the desk's merged items (event time, kind, instrument, seq or id): the value itself is
-# never compared; the sort is stable, so full ties keep their arrival order.
-_order = itemgetter(0, 1, 2, 3)
+class MergeOrder:
+    """The order in which a desk takes one batch: by (event time, decision 0 / tick 1 / command 2,
+    instrument, strategy / seq / command id) - a decision precedes the tick that closed its
+    candle; the rest only breaks ties, and full ties keep their arrival order.
+
+    Sorting those tuples compared strings at every tie, and a candle replay's bars share their
+    times across the whole universe. So each item gets one int instead, ordered as its tuple:
+    time since the batch's first item, kind, the instrument's rank among the names seen so far,
+    and the rank of the strategy (or command id) among the batch's ones. Ticks leave the last
+    field 0: the ticks of one instrument come in their run's order, which is their seq order (a
+    run is in feed order, duplicates already dropped), and a stable sort keeps it.
+    """
+
+    __slots__ = ("_rank",)
+
+    def __init__(self) -> None:
+        self._rank: dict[str, int] = {}
+
+    def _ranks(self, names: Iterable[str]) -> dict[str, int]:
+        rank = self._rank
+        new = {n for n in names if n not in rank}
+        if new:
+            rank = self._rank = {n: i for i, n in enumerate(sorted(new.union(rank)))}
+        return rank
+
+    def order(self, runs: list[list[Tick]], decided: list[Decided], commands: list[Any]) -> list[Any]:
+        """Ticks (each list one instrument's, in feed order), decisions and commands, merged."""
+        rank = self._ranks([r[0].instrument for r in runs] + [d.target.instrument for d in decided])
+        strategies = {n: i for i, n in enumerate(sorted({d.target.strategy for d in decided}))}
+        ids = {n: i for i, n in enumerate(sorted({c.command_id for c in commands}))}
+        sb = max(len(strategies), len(ids)).bit_length()
+        kb = sb + len(rank).bit_length()  # the kind's lowest bit
+        shift = kb + 2
+        first = runs[0][0].ts_event if runs else decided[0].at if decided else commands[0].ts_event
+        values: list[Any] = []
+        keys: list[int] = []
+        for ticks in runs:
+            c = 1 << kb | rank[ticks[0].instrument] << sb
+            values.extend(ticks)
+            keys.extend([(t.ts_event - first) << shift | c for t in ticks])
+        for d in decided:
+            values.append(d)
+            keys.append((d.at - first) << shift | rank[d.target.instrument] << sb | strategies[d.target.strategy])
+        for cmd in commands:
+            values.append(cmd)
+            keys.append((cmd.ts_event - first) << shift | 2 << kb | ids[cmd.command_id])
+        return [values[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
 
 
 class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
@@ -106,6 +149,7 @@ class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
         self.last_event = 0
         self.last_tick_wall = 0
         self.published = published  # taken back once, before the first live batch
+        self._order = MergeOrder()
 
     def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         desk = self.desk
@@ -171,46 +215,43 @@ class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
         ticks of its candle - so cross-instrument risk state (and signal age) evolves as it did
         in the market. Commands act at their own time in a replay, live at the market clock's
         (they are stamped by whoever issued them, on another clock)."""
-        # Sort key: (event time, decision 0 / tick 1 / command 2, instrument, seq or id) - a
-        # decision precedes the tick that closed its candle; the rest only breaks ties.
-        items: list[tuple[int, int, str, Any, Any]] = []
         runs = [v for _, v in values if type(v) is PriceRun]
-        involved = {v.target.instrument for _, v in values if type(v) is Decided}
-        involved.update(v.instrument for _, v in values if type(v) in (ManualOrder, ClosePosition))
+        decided = [v for _, v in values if type(v) is Decided]
+        commands: list[Any] = []
+        for _, v in values:
+            if type(v) is not PriceRun and type(v) is not Decided:
+                cmd = v if market_now is None else self._live_command(desk, v, market_now, out)
+                if cmd is not None:
+                    commands.append(cmd)
+        involved = {d.target.instrument for d in decided}
+        involved.update(c.instrument for c in commands if type(c) in (ManualOrder, ClosePosition))
         due = desk.next_wake()
         # An instrument the desk has nothing in (no position, order or stop) needs only its
         # latest price - unless timed work falls due inside this batch, which its ticks' times
         # would trigger.
         skip = due is None or not runs or due > max(r.ticks[-1].ts_event for r in runs)
-        for run in runs:
-            if not skip or run.instrument in involved or desk.watching(run.instrument):
-                items.extend((t.ts_event, 1, t.instrument, t.seq, t) for t in run.ticks)
-            else:
-                last = run.ticks[-1]
-                items.append((last.ts_event, 1, last.instrument, last.seq, last))
-        for _, v in values:
-            kind = type(v)
-            if kind is Decided:
-                t = v.target
-                items.append((v.at, 0, t.instrument, t.strategy, v))
-            elif kind is not PriceRun:
-                cmd = v if market_now is None else self._live_command(desk, v, market_now, out)
-                if cmd is not None:
-                    items.append((cmd.ts_event, 2, "", cmd.command_id, cmd))
-        items.sort(key=_order)
+        ticks = [
+            r.ticks if not skip or r.instrument in involved or desk.watching(r.instrument) else r.ticks[-1:] for r in runs
+        ]
+        if not ticks and not decided and not commands:
+            return
         wall = self.clock.wall if market_now is not None and self.clock is not None else None
-        for at, kind_order, _, _, v in items:
-            if kind_order == 1:
-                desk.on_ticks((v,), None, out)
-            elif kind_order == 0:
+        at = 0
+        for v in self._order.order(ticks, decided, commands):
+            kind = type(v)
+            if kind is Tick:
+                at = v.ts_event
+                desk.on_tick(v, None, out)
+            elif kind is Decided:
+                at = v.at
                 mark = len(out)
                 desk.on_target(v.target, at, out)
                 if wall is not None and any(type(e) is OrderIntent for e in out[mark:]):
                     DECISION_LATENCY.observe((wall() - v.target.ts_init) / 1e9)
             else:
+                at = v.ts_event
                 desk.on_command(v, at, out)
-        if items:
-            self.last_event = max(self.last_event, items[-1][0])
+        self.last_event = max(self.last_event, at)
 
     # While ticks flow, the gate's timed work (throttle queue, square-off, a flatten waiting for
     # the open) is done at tick time, deterministically. The wall-clock timer only covers an

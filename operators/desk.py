@@ -92,24 +92,28 @@ class TradingDesk:
 
     def on_ticks(self, ticks: Iterable[Tick], now: int | None, out: list[Any]) -> None:
         """Consecutive ticks of one instrument. ``now=None``: each tick's event time (replay)."""
-        gate, stops, venue = self.gate, self.stops, self.venue
-        quiet = self.quiet_until
         for t in ticks:
-            if t.ts_event <= quiet:
-                continue
-            ts = t.ts_event if now is None else now
-            ts = max(ts, self.now)
-            self.now = ts
-            if venue is not None:
-                events = venue.on_tick(t)
-                if events:
-                    self._run(events, ts, out)
-            follow = gate.on_price(t.instrument, t.ltp, ts)
-            if follow:
-                self._run(follow, ts, out)
-            orders = stops.on_price(t.instrument, t.ltp, ts)
-            if orders:
-                self._run(orders, ts, out)
+            self.on_tick(t, now, out)
+
+    def on_tick(self, t: Tick, now: int | None, out: list[Any]) -> None:
+        """One tick: fill or trigger resting orders at the venue, mark positions, watch stops."""
+        if t.ts_event <= self.quiet_until:
+            return
+        ts = t.ts_event if now is None else now
+        if ts < self.now:  # noqa: PLR1730 (per tick: cheaper than max())
+            ts = self.now
+        self.now = ts
+        venue = self.venue
+        if venue is not None:
+            events = venue.on_tick(t)
+            if events:
+                self._run(events, ts, out)
+        follow = self.gate.on_price(t.instrument, t.ltp, ts)
+        if follow:
+            self._run(follow, ts, out)
+        orders = self.stops.on_price(t.instrument, t.ltp, ts)
+        if orders:
+            self._run(orders, ts, out)
 
     def on_target(self, t: TargetPosition, now: int, out: list[Any]) -> None:
         now = self.now = max(now, self.now)
