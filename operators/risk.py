@@ -119,7 +119,8 @@ import enum
 import hashlib
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -279,6 +280,64 @@ class _Order:
         return max(0, (self.qty if self.final is None else self.final) - self.filled)
 
 
+class _Working(dict[str, _Order]):
+    """Working orders by client order id, also indexed by (strategy, instrument) and counted by
+    instrument: the checks of every target and the desk's "does this instrument matter" of
+    every batch read those, and a scan of every working order (a stop per open position) made
+    both grow with the book."""
+
+    __slots__ = ("by_instrument", "by_key")
+
+    def __init__(self, items: Iterable[tuple[str, _Order]] = ()) -> None:
+        super().__init__()
+        self.by_key: dict[Key, dict[str, _Order]] = {}
+        self.by_instrument: dict[str, int] = {}
+        for coid, w in items:
+            self[coid] = w
+
+    def __setitem__(self, coid: str, w: _Order) -> None:
+        old = self.get(coid)
+        if old is not None and (old.strategy, old.instrument) != (w.strategy, w.instrument):
+            self._unindex(coid, old)
+            old = None
+        super().__setitem__(coid, w)
+        self.by_key.setdefault((w.strategy, w.instrument), {})[coid] = w
+        if old is None:
+            self.by_instrument[w.instrument] = self.by_instrument.get(w.instrument, 0) + 1
+
+    def __delitem__(self, coid: str) -> None:
+        self._unindex(coid, self[coid])
+        super().__delitem__(coid)
+
+    def pop(self, coid: str, default: Any = None) -> Any:
+        if coid not in self:
+            return default
+        w = self[coid]
+        del self[coid]
+        return w
+
+    def _unindex(self, coid: str, w: _Order) -> None:
+        key = (w.strategy, w.instrument)
+        of_key = self.by_key[key]
+        del of_key[coid]
+        if not of_key:
+            del self.by_key[key]
+        n = self.by_instrument[w.instrument] - 1
+        if n:
+            self.by_instrument[w.instrument] = n
+        else:
+            del self.by_instrument[w.instrument]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the indexes are rebuilt, not pickled
+        return _Working, (list(self.items()),)
+
+    def _refuse(self, *_: Any, **__: Any) -> None:
+        msg = "_Working keeps indexes: set, delete or pop one order at a time"
+        raise TypeError(msg)
+
+    clear = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+
 _EXITS = frozenset({OrderPurpose.EXIT, OrderPurpose.STOP_EXIT})
 _CANCEL, _EXIT, _ENTRY = 0, 1, 2  # queue priorities
 
@@ -301,7 +360,7 @@ class RiskGate:
         self._reduce_at = -cfg.daily_loss_limit if cfg.daily_loss_limit is not None else -inf
         self._halt_at = -cfg.daily_loss_halt if cfg.daily_loss_halt is not None else -inf
         self._strategy_at = -cfg.strategy_loss_limit if cfg.strategy_loss_limit is not None else -inf
-        self._working: dict[str, _Order] = {}
+        self._working = _Working()
         self._product: dict[Key, Product] = {}
         self._ref_px: dict[str, float] = {}  # price given with the last entry, for exposure before any tick
         self._signals: dict[str, tuple[str, str, int, float | None]] = {}
@@ -329,7 +388,12 @@ class RiskGate:
 
     def involves(self, instrument: str) -> bool:
         """True while the account holds ``instrument`` or has a working order in it."""
-        return self.book.holds(instrument) or any(w.instrument == instrument for w in self._working.values())
+        return self.book.holds(instrument) or instrument in self._working.by_instrument
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if type(state["_working"]) is dict:  # a snapshot from before the index
+            state["_working"] = _Working(state["_working"].items())
+        self.__dict__.update(state)
 
     def on_price(self, instrument: str, ltp: float, now: int) -> list[RiskOutput]:
         """Mark ``instrument``; loss limits, square-off and the throttle queue. Cheap when nothing is due."""
@@ -1133,8 +1197,9 @@ class RiskGate:
             msg = f"RiskGate of {self.account!r} got an event of account {account!r}: the flow must key by account"
             raise ValueError(msg)
 
-    def _working_of(self, key: Key) -> list[_Order]:
-        return [w for w in self._working.values() if w.strategy == key[0] and w.instrument == key[1]]
+    def _working_of(self, key: Key) -> Iterable[_Order]:
+        of_key = self._working.by_key.get(key)
+        return () if of_key is None else of_key.values()
 
     def _held(self, key: Key) -> int:
         """The position once the working exits are done (entries aside)."""
