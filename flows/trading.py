@@ -103,28 +103,27 @@ class MergeOrder:
     def __init__(self) -> None:
         self._rank: dict[str, int] = {}
 
-    def _ranks(self, names: Iterable[str]) -> dict[str, int]:
+    def _ranks(self, runs: list[list[Tick]], decided: list[Decided]) -> dict[str, int]:
         rank = self._rank
-        new = {n for n in names if n not in rank}
+        new = {r[0].instrument for r in runs if r[0].instrument not in rank}
+        new.update(d.target.instrument for d in decided if d.target.instrument not in rank)
         if new:
             rank = self._rank = {n: i for i, n in enumerate(sorted(new.union(rank)))}
         return rank
 
     def order(self, runs: list[list[Tick]], decided: list[Decided], commands: list[Any]) -> list[Any]:
         """Ticks (each list one instrument's, in feed order), decisions and commands, merged."""
-        rank = self._ranks([r[0].instrument for r in runs] + [d.target.instrument for d in decided])
-        strategies = {n: i for i, n in enumerate(sorted({d.target.strategy for d in decided}))}
-        ids = {n: i for i, n in enumerate(sorted({c.command_id for c in commands}))}
+        rank = self._ranks(runs, decided)
+        strategies = {n: i for i, n in enumerate(sorted({d.target.strategy for d in decided}))} if decided else {}
+        ids = {n: i for i, n in enumerate(sorted({c.command_id for c in commands}))} if commands else {}
         sb = max(len(strategies), len(ids)).bit_length()
         kb = sb + len(rank).bit_length()  # the kind's lowest bit
         shift = kb + 2
         first = runs[0][0].ts_event if runs else decided[0].at if decided else commands[0].ts_event
-        values: list[Any] = []
-        keys: list[int] = []
-        for ticks in runs:
-            c = 1 << kb | rank[ticks[0].instrument] << sb
-            values.extend(ticks)
-            keys.extend([(t.ts_event - first) << shift | c for t in ticks])
+        tick = 1 << kb
+        consts = [tick | rank[r[0].instrument] << sb for r in runs]
+        keys = [(t.ts_event - first) << shift | c for r, c in zip(runs, consts, strict=True) for t in r]
+        values: list[Any] = [t for r in runs for t in r]
         for d in decided:
             values.append(d)
             keys.append((d.at - first) << shift | rank[d.target.instrument] << sb | strategies[d.target.strategy])
