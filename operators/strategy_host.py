@@ -122,6 +122,25 @@ class StrategyHost:
         for d in deployments:
             if d.subscribes(instrument):
                 self._install(d)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """The instances of each timeframe, in installation order: a closed bar runs only the
+        subscribers of its timeframe (half of 40 deployments on two timeframes), not a filter
+        over all of them."""
+        by_tf: dict[str, list[tuple[str, _Instance]]] = {}
+        for sid, inst in self.instances.items():
+            by_tf.setdefault(inst.deployment.params.timeframe, []).append((sid, inst))
+        self._by_timeframe = by_tf
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_by_timeframe", None)  # rebuilt on loading
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reindex()
 
     def _install(self, d: Deployment) -> None:
         cls = self.registry[d.kind]
@@ -158,10 +177,10 @@ class StrategyHost:
         # (the caller hands over ``indicators`` and does not change it afterwards).
         view: Mapping[str, float] | None = None
         recent: Sequence[Candle] = ()
-        for sid, inst in self.instances.items():
-            d = inst.deployment
-            if not inst.enabled or d.params.timeframe != candle.timeframe:
+        for sid, inst in self._by_timeframe.get(candle.timeframe, ()):
+            if not inst.enabled:
                 continue
+            d = inst.deployment
             if view is None:
                 view, recent = MappingProxyType(indicators), RecentCandles(hist)
             ctx = StrategyContext(
@@ -217,8 +236,9 @@ class StrategyHost:
             d = inst.deployment
             params = self.registry.params(d.kind, cmd.params)
             new = Deployment(d.strategy_id, d.kind, params, d.account, inst.enabled)
-            if not new.subscribes(self.instrument):
+            if new.subscribes(self.instrument):
+                self._install(new)
+            else:
                 del self.instances[cmd.strategy]
-                return True
-            self._install(new)
+            self._reindex()
         return True

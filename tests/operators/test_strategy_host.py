@@ -157,6 +157,23 @@ def test_only_subscribers_of_the_timeframe_and_instrument_run_and_state_pickles(
     assert a == b
 
 
+def test_a_bar_runs_the_subscribers_of_its_timeframe_in_order_also_after_reconfiguring() -> None:
+    host = StrategyHost("NSE:INFY", [dep(s, "follow", lookback=1, timeframe=tf) for s, tf in
+                                     (("f1", "1m"), ("f2", "1m"), ("f3", "5m"))], REG)  # fmt: skip
+
+    def who(tf: str, k: int) -> list[str]:
+        return [t.strategy for t in host.on_candle(candle(k, 10 + k, tf=tf), {}, k)]
+
+    assert [who("1m", k) for k in range(3)] == [[], ["f1", "f2"], ["f1", "f2"]]
+    assert host.control(cmd(ConfigureStrategy, strategy="f1", params={"timeframe": "5m", "lookback": 1}))
+    assert who("1m", 3) == ["f2"]
+    assert [who("5m", k) for k in range(2)] == [[], ["f1", "f3"]]
+    host = pickle.loads(pickle.dumps(host))  # the index is rebuilt, not pickled
+    assert (who("5m", 2), who("1m", 4)) == (["f1", "f3"], ["f2"])
+    assert host.control(cmd(ConfigureStrategy, strategy="f3", params={"instruments": ["NSE:TCS"]}))
+    assert who("5m", 3) == ["f1"]
+
+
 @REG.register("recorder")
 class Recorder(Strategy[FollowParams]):
     """Records what it sees of ``ctx.candles`` during each call."""
