@@ -92,7 +92,8 @@ class MergeOrder:
 
     Sorting those tuples compared strings at every tie, and a candle replay's bars share their
     times across the whole universe. So each item gets one int instead, ordered as its tuple:
-    time since the batch's first item, kind, the instrument's rank among the names seen so far,
+    time relative to the batch's first item (a small int, negative if earlier), kind, the
+    instrument's rank among the names seen so far,
     and the rank of the strategy (or command id) among the batch's ones. Ticks leave the last
     field 0: the ticks of one instrument come in their run's order, which is their seq order (a
     run is in feed order, duplicates already dropped), and a stable sort keeps it.
