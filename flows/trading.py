@@ -150,6 +150,7 @@ class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
         self.last_tick_wall = 0
         self.published = published  # taken back once, before the first live batch
         self._order = MergeOrder()
+        self._gauges: tuple[Any, ...] | None = None
 
     def _process(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         desk = self.desk
@@ -201,13 +202,16 @@ class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
             return None
         return msgspec.structs.replace(cmd, ts_event=market_now)
 
-    @staticmethod
-    def _report(desk: TradingDesk) -> None:
-        gate, account = desk.gate, desk.account
-        STATE.labels(account).set(_STATE_CODE[gate.state])
-        DAY_PNL.labels(account).set(gate.book.day_pnl())
-        OPEN_POSITIONS.labels(account).set(len(gate.book.open_keys()))
-        EXPOSURE.labels(account).set(gate.book.gross_exposure())
+    def _report(self, desk: TradingDesk) -> None:
+        gauges = self._gauges
+        if gauges is None:  # a labelled child per account, looked up once (labels() takes a lock)
+            gauges = self._gauges = tuple(g.labels(desk.account) for g in (STATE, DAY_PNL, OPEN_POSITIONS, EXPOSURE))
+        gate = desk.gate
+        state, pnl, positions, exposure = gauges
+        state.set(_STATE_CODE[gate.state])
+        pnl.set(gate.book.day_pnl())
+        positions.set(gate.book.open_count())
+        exposure.set(gate.book.gross_exposure())
 
     def _merged(self, desk: TradingDesk, values: list[tuple[str, Any]], out: list[Any], market_now: int | None) -> None:
         """One batch holds runs of many instruments (each spanning the batch's market time),

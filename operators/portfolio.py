@@ -241,6 +241,10 @@ class PositionBook:
         """Σ |qty| × last price (the entry price before any) over open positions."""
         return sum(abs(p.qty) * (p.last_price or p.avg_price) for held in self._held.values() for p in held)
 
+    def open_count(self) -> int:
+        """How many (strategy, instrument) positions are open."""
+        return sum(map(len, self._held.values()))
+
     def open_keys(self) -> list[Key]:
         """(strategy, instrument) of every open position."""
         return [(p.strategy, p.instrument) for held in self._held.values() for p in held]

@@ -199,6 +199,8 @@ class PortfolioMachine(RuleBasedStateMachine):
         for k in KEYS:
             signed = sum(f.qty if f.side is B else -f.qty for f in self.applied if (f.strategy, f.instrument) == k)
             assert self.book.qty(*k) == signed == self.ref[k].qty
+        open_keys = {k for k in KEYS if self.ref[k].qty}
+        assert set(self.book.open_keys()) == open_keys and self.book.open_count() == len(open_keys)
 
     @invariant()
     def pnl_matches_reference(self) -> None:
