@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Iterator
+import types
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
 import psycopg
@@ -94,15 +95,29 @@ async def publisher(st: Annotated[AppState, Depends(state)]) -> CommandPublisher
     return st.commands
 
 
-def _query_names(dependant: Dependant) -> Iterator[str]:
-    yield from (p.alias for p in dependant.query_params)
+def _query_params(dependant: Dependant) -> Iterator[tuple[str, bool]]:
+    """(name, takes several values) of every query parameter of a route and its dependencies."""
+    yield from ((p.alias, _takes_many(p.field_info.annotation)) for p in dependant.query_params)
     for sub in dependant.dependencies:
-        yield from _query_names(sub)
+        yield from _query_params(sub)
+
+
+def _takes_many(annotation: Any) -> bool:
+    """True for a list, tuple, set or sequence annotation (``?k=1&k=2`` is then one value).
+
+    >>> _takes_many(list[str] | None), _takes_many(Sequence[int]), _takes_many(int | None), _takes_many(str)
+    (True, True, False, False)
+    """
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return any(_takes_many(a) for a in get_args(annotation))
+    return (origin or annotation) in (list, tuple, set, frozenset, Sequence)
 
 
 async def known_query(request: Request) -> None:
-    """Refuse query parameters the route does not declare (422), as an unknown body field is
-    refused: a misspelt ``limt=5`` would otherwise be ignored and the answer silently differ
+    """Refuse query parameters the route does not declare, and a single-valued one given more
+    than once (422), as an unknown body field is refused: a misspelt ``limt=5`` would otherwise
+    be ignored, and of ``q=INFY&q=TCS`` only the last kept, and the answer silently differ
     from what was asked. On every HTTP route (not the WebSocket, whose token rides in the
     query). The names come from the matched route (FastAPI puts the route as declared, not its
     included copy, in the scope: a router-level dependency's own query parameters would not be
@@ -110,13 +125,19 @@ async def known_query(request: Request) -> None:
     if not request.scope["query_string"]:
         return
     route = request.scope["route"]
-    if (declared := getattr(route, "_ticktape_query_names", None)) is None:
-        declared = frozenset(_query_names(route.dependant))
-        route._ticktape_query_names = declared
-    if unknown := sorted(set(request.query_params) - declared):
+    if (known := getattr(route, "_ticktape_query", None)) is None:
+        params = dict(_query_params(route.dependant))
+        known = route._ticktape_query = (frozenset(params), frozenset(n for n, many in params.items() if not many))
+    declared, single = known
+    query = request.query_params
+    if unknown := sorted(set(query) - declared):
         allowed = ", ".join(sorted(declared)) or "none"
         names = ", ".join(repr(u[:40]) for u in unknown[:5])
         raise ApiError(422, "Invalid request", f"unknown query parameter {names} (this route takes: {allowed})")
+    if len(query.multi_items()) > len(query):  # some name repeats
+        for name in sorted(single & set(query)):
+            if (n := len(query.getlist(name))) > 1:
+                raise ApiError(422, "Invalid request", f"query parameter {name!r} is given {n} times; it takes one value")
 
 
 Conn = Annotated[psycopg.Connection, Depends(conn)]

@@ -276,6 +276,10 @@ def test_unknown_query_parameters_and_non_ascii_paths_get_a_typed_422(client: Te
     assert "'limt'" in body["detail"] and "limit" in body["detail"]  # names the stranger and what is allowed
     _problem(client.get("/health", params={"verbose": 1}), 422)
     assert client.get("/api/positions", params={"limit": 5}).status_code == 200
+    # One value per name: of q=INFY&q=TCS only the last would be kept.
+    twice = _problem(client.get("/api/instruments", params=[("q", "INFY"), ("exchange", "NSE"), ("q", "TCS")]), 422)
+    assert "'q' is given 2 times" in twice["detail"]
+    assert client.get("/api/instruments", params=[("q", "INFY"), ("exchange", "NSE")]).status_code == 200
     # Refused at the door (NUL) on a non-ASCII path: the length header counts bytes, so the
     # body arrives whole and parses.
     r = client.delete("/api/orders/%C2%80", params={"\x00": "1"})
