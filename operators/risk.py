@@ -309,9 +309,11 @@ class _Working(dict[str, _Order]):
         self._unindex(coid, self[coid])
         super().__delitem__(coid)
 
-    def pop(self, coid: str, default: Any = None) -> Any:
+    def pop(self, coid: str, *default: Any) -> Any:
         if coid not in self:
-            return default
+            if default:
+                return default[0]
+            raise KeyError(coid)
         w = self[coid]
         del self[coid]
         return w

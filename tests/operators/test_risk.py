@@ -843,6 +843,9 @@ def test_a_snapshot_from_before_the_working_index_loads() -> None:
     assert old.involves("NSE:INFY") and list(old._working.by_key) == [("s1", "NSE:INFY")]
     with pytest.raises(TypeError, match="one order at a time"):
         old._working.update({})
+    with pytest.raises(KeyError):  # pop without a default raises, as a dict's does
+        old._working.pop("nope")
+    assert old._working.pop("nope", None) is None
 
 
 GateMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
