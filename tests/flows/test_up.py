@@ -3,7 +3,9 @@ SIGINT stops everything gracefully (exit 0, no orphan process)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,7 @@ import pytest
 
 from connectors import embedded
 from connectors.postgres.migrate import discover
-from connectors.processes import free_port, pid_alive
+from connectors.processes import free_port, pid_alive, port_free
 from connectors.supervision import read_flow_status
 from schemas.topics import load_catalog
 
@@ -29,7 +31,11 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
     home = Path(tempfile.mkdtemp(prefix="ticktape-up-"))
     os.chmod(home, 0o755)
     port = free_port()
-    metrics_base = free_port()
+    # The flows serve metrics on base, base+1, base+2: below the kernel's ephemeral range
+    # (32768+), so no client connection of the stack can hold one of them by then.
+    metrics_base = next(
+        b for b in iter(lambda: random.randrange(20_000, 32_000), None) if all(port_free(b + k) for k in range(3))
+    )
     env = {
         **os.environ,
         "TICKTAPE_HOME": str(home),
@@ -62,14 +68,24 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
         assert health.status_code == 200, health.text
         flows = health.json()["flows"]
         assert {name: f["status"] for name, f in flows.items()} == {"ingest": "ok", "persist": "ok", "live": "ok"}
-        # Every flow serves Prometheus metrics; persist reports its lag behind the market.
-        persist_metrics = ""
-        while time.monotonic() < deadline and "ticktape_persist_lag_seconds{" not in persist_metrics:
-            persist_metrics = httpx.get(flows["persist"]["metrics_url"], timeout=5).text
-            time.sleep(0.3)
-        assert 'ticktape_persist_lag_seconds{table="tick_data"}' in persist_metrics
-        assert "ticktape_candles_closed_total" in httpx.get(flows["live"]["metrics_url"], timeout=5).text
-        assert "ticktape_ticks_out_total" in httpx.get(flows["ingest"]["metrics_url"], timeout=5).text
+
+        # Every flow serves Prometheus metrics; persist reports its lag behind the market. A
+        # flow is "ok" once its process runs, which can be before it has imported its way to
+        # serving them on a loaded machine: each is asked until it answers.
+        def metrics(flow: str, needle: str) -> str:
+            text = ""
+            while time.monotonic() < deadline and needle not in text:
+                with contextlib.suppress(httpx.ConnectError):  # not serving yet
+                    text = httpx.get(flows[flow]["metrics_url"], timeout=5).text
+                if needle not in text:
+                    time.sleep(0.3)
+            return text
+
+        assert 'ticktape_persist_lag_seconds{table="tick_data"}' in metrics("persist", "ticktape_persist_lag_seconds{")
+        assert "ticktape_candles_closed_total" in metrics("live", "ticktape_candles_closed_total")
+        assert "ticktape_ticks_out_total" in metrics("ingest", "ticktape_ticks_out_total")
+        again = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["flows"]
+        assert {name: f["restarts"] for name, f in again.items()} == dict.fromkeys(flows, 0)  # none crashed meanwhile
         pids = [state.broker.pid, state.postgres.pid] + [fs.pid for fs in read_flow_status(home).values() if fs.pid]
         assert len(pids) == 6  # broker, postgres, persist, live, ingest, api
         candles = 0
@@ -117,6 +133,7 @@ def test_up_runs_the_stack_and_stops_cleanly() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
+        print(out[-20_000:])  # the stack's log, shown by pytest if the test fails
     assert proc.returncode == 0, out
     assert all(f"stopped {name}" in out for name in ("ingest", "persist", "live", "api")), out
     assert {name: fs.state for name, fs in read_flow_status(home).items()} == {
