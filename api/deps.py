@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import types
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, get_origin
 
 import msgspec
 import psycopg
@@ -38,7 +37,7 @@ from psycopg.rows import AsyncRowFactory, RowMaker
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pydantic import BaseModel
 
-from api.errors import ApiError
+from api.errors import ApiError, annotation_kinds
 from connectors.commands import CommandPublisher
 from connectors.settings import Settings
 
@@ -108,10 +107,7 @@ def _takes_many(annotation: Any) -> bool:
     >>> _takes_many(list[str] | None), _takes_many(Sequence[int]), _takes_many(int | None), _takes_many(str)
     (True, True, False, False)
     """
-    origin = get_origin(annotation)
-    if origin is Union or origin is types.UnionType:
-        return any(_takes_many(a) for a in get_args(annotation))
-    return (origin or annotation) in (list, tuple, set, frozenset, Sequence)
+    return any((get_origin(k) or k) in (list, tuple, set, frozenset, Sequence) for k in annotation_kinds(annotation))
 
 
 async def known_query(request: Request) -> None:

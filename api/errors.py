@@ -32,11 +32,12 @@ def _bare(annotation: Any) -> Any:
     return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
-def _kinds(annotation: Any) -> set[Any]:
-    """The types a field holds (``Optional`` and ``Annotated`` unwrapped, None left out)."""
+def annotation_kinds(annotation: Any) -> set[Any]:
+    """The types a field holds (``Optional`` and ``Annotated`` unwrapped, None left out); the
+    request-body checks here and the query checks of ``api.deps`` read fields through it."""
     annotation = _bare(annotation)
     if get_origin(annotation) in (Union, UnionType):
-        return set().union(*(_kinds(a) for a in get_args(annotation)))
+        return set().union(*(annotation_kinds(a) for a in get_args(annotation)))
     return set() if annotation is NoneType else {annotation}
 
 
@@ -77,7 +78,7 @@ def _json_typed(model: type[BaseModel]) -> tuple[tuple[str, Callable[[Any], bool
     """(JSON key, its check, what it expects) of ``model``'s number and date-time fields."""
     out: list[tuple[str, Callable[[Any], bool], str]] = []
     for name, f in model.model_fields.items():
-        kinds = _kinds(f.annotation)
+        kinds = annotation_kinds(f.annotation)
         if kinds and kinds <= {int, float}:
             out.append((f.alias or name, _is_number, "a number"))
         elif kinds and kinds <= {datetime}:
