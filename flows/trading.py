@@ -93,10 +93,10 @@ class MergeOrder:
     Sorting those tuples compared strings at every tie, and a candle replay's bars share their
     times across the whole universe. So each item gets one int instead, ordered as its tuple:
     time relative to the batch's first item (a small int, negative if earlier), kind, the
-    instrument's rank among the names seen so far,
-    and the rank of the strategy (or command id) among the batch's ones. Ticks leave the last
-    field 0: the ticks of one instrument come in their run's order, which is their seq order (a
-    run is in feed order, duplicates already dropped), and a stable sort keeps it.
+    instrument's rank among the names seen so far, and the rank of the strategy (or command id)
+    among the batch's ones. Ticks leave the last field 0: the ticks of one instrument come in
+    their run's order, which is their seq order (a run is in feed order, duplicates already
+    dropped), and a stable sort keeps it.
     """
 
     __slots__ = ("_rank",)
@@ -219,14 +219,17 @@ class DeskLogic(TimedLiveBatches, op.StatefulBatchLogic[Any, Any, TradingDesk]):
         ticks of its candle - so cross-instrument risk state (and signal age) evolves as it did
         in the market. Commands act at their own time in a replay, live at the market clock's
         (they are stamped by whoever issued them, on another clock)."""
-        runs = [v for _, v in values if type(v) is PriceRun]
-        decided = [v for _, v in values if type(v) is Decided]
+        runs: list[PriceRun] = []
+        decided: list[Decided] = []
         commands: list[Any] = []
         for _, v in values:
-            if type(v) is not PriceRun and type(v) is not Decided:
-                cmd = v if market_now is None else self._live_command(desk, v, market_now, out)
-                if cmd is not None:
-                    commands.append(cmd)
+            kind = type(v)
+            if kind is PriceRun:
+                runs.append(v)
+            elif kind is Decided:
+                decided.append(v)
+            elif (cmd := v if market_now is None else self._live_command(desk, v, market_now, out)) is not None:
+                commands.append(cmd)
         involved = {d.target.instrument for d in decided}
         involved.update(c.instrument for c in commands if type(c) in (ManualOrder, ClosePosition))
         due = desk.next_wake()

@@ -296,14 +296,11 @@ class _Working(dict[str, _Order]):
             self[coid] = w
 
     def __setitem__(self, coid: str, w: _Order) -> None:
-        old = self.get(coid)
-        if old is not None and (old.strategy, old.instrument) != (w.strategy, w.instrument):
-            self._unindex(coid, old)
-            old = None
+        if coid in self:  # replaced: out of the indexes first
+            self._unindex(coid, self[coid])
         super().__setitem__(coid, w)
         self.by_key.setdefault((w.strategy, w.instrument), {})[coid] = w
-        if old is None:
-            self.by_instrument[w.instrument] = self.by_instrument.get(w.instrument, 0) + 1
+        self.by_instrument[w.instrument] = self.by_instrument.get(w.instrument, 0) + 1
 
     def __delitem__(self, coid: str) -> None:
         self._unindex(coid, self[coid])
