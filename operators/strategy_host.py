@@ -79,8 +79,9 @@ class RecentCandles(Sequence[Candle]):
     @overload
     def __getitem__(self, index: slice) -> tuple[Candle, ...]: ...
     def __getitem__(self, index: int | slice) -> Candle | tuple[Candle, ...]:
-        if isinstance(index, slice):
-            return tuple(self._candles)[index]
+        if isinstance(index, slice):  # only the sliced candles: c[-3:] of 900 copies three
+            candles = self._candles
+            return tuple(candles[i] for i in range(len(candles))[index])
         return self._candles[index]
 
     def __iter__(self) -> Iterator[Candle]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pickle
+from collections import deque
 
 import pytest
 
-from operators.strategy_host import Deployment, StrategyHost
+from operators.strategy_host import Deployment, RecentCandles, StrategyHost
 from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
 from schemas.market import Candle
 from schemas.orders import TargetPosition
@@ -210,3 +211,10 @@ def test_recent_candles_read_as_a_sequence_bounded_by_the_warmup() -> None:
     Recorder.seen.clear()
     again.on_candle(candle(6, 106.0), {}, now=6)
     assert Recorder.seen[-1][3] == [103.0, 104.0, 105.0, 106.0]
+
+
+def test_recent_candles_slice_as_a_tuple_of_the_history_would() -> None:
+    history = deque(candle(k, 100.0 + k) for k in range(40))
+    view = RecentCandles(history)
+    for cut in (slice(-3, None), slice(None, 2), slice(None, None, -7), slice(5, -5, 3), slice(100, None), slice(-100, 3)):
+        assert view[cut] == tuple(history)[cut], cut
