@@ -16,8 +16,12 @@
 * **Unrealized PnL** is ``qty · (last_price - avg_price)``. ``last_price`` is the latest
   :meth:`mark` of the instrument; until the first mark it is the last fill price.
   :meth:`mark` runs on every tick, so it only touches the instrument's open positions and
-  updates the strategy and account totals by the difference (totals are recomputed exactly
-  on every fill, so float drift never outlives a fill).
+  updates the strategy and account totals by the difference (a strategy's totals are
+  recomputed from its positions on every fill of it, so float drift never outlives a fill).
+* **Gross exposure** is ``Σ |qty| · last_price`` over open positions, per strategy and for the
+  account (:meth:`gross_exposure`), kept like unrealized PnL: by difference on every mark,
+  recomputed on every fill. The risk gate checks its exposure limits against it on every
+  entry, so an entry costs the same with 5 or 500 positions open.
 * **Round trips.** When a position returns to flat or flips, its net result since it opened
   (realized minus charges) is a round trip; :meth:`loss_streak` counts each strategy's
   consecutive losing round trips (a win or break-even resets it). Risk sizing uses it.
@@ -96,10 +100,10 @@ class _Pos:
 
 
 class _Totals:
-    __slots__ = ("charges", "realized", "unrealized")
+    __slots__ = ("charges", "gross", "realized", "unrealized")
 
     def __init__(self) -> None:
-        self.realized = self.charges = self.unrealized = 0.0
+        self.realized = self.charges = self.unrealized = self.gross = 0.0
 
     def pnl(self) -> PnL:
         return PnL(self.realized, self.unrealized, self.charges)
@@ -119,6 +123,31 @@ class PositionBook:
         self._streak: dict[str, int] = {}
         self._fills: set[tuple[str, str]] = set()
         self._fills_prev: set[tuple[str, str]] = set()
+        self._index()
+
+    def _index(self) -> None:
+        """Every position of the day by strategy and by instrument, in ``_pos`` order, and the
+        open count: a fill then visits its strategy's and its instrument's positions, not all
+        of the day's (derived state: rebuilt on unpickling, never pickled)."""
+        self._of_strategy: dict[str, list[_Pos]] = {}
+        self._of_instrument: dict[str, list[_Pos]] = {}
+        for p in self._pos.values():
+            self._of_strategy.setdefault(p.strategy, []).append(p)
+            self._of_instrument.setdefault(p.instrument, []).append(p)
+        self._open = sum(map(len, self._held.values()))
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        for derived in ("_of_strategy", "_of_instrument", "_open"):
+            del state[derived]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._index()
+        if not hasattr(self._account, "gross"):  # a snapshot from before gross exposure was kept
+            for strategy in self._strategy:
+                self._recompute(strategy)
 
     # ------------------------------------------------------------------ updates
 
@@ -136,6 +165,8 @@ class PositionBook:
         p = self._pos.get(key)
         if p is None:
             p = self._pos[key] = _Pos(fill.strategy, fill.instrument)
+            self._of_strategy.setdefault(fill.strategy, []).append(p)
+            self._of_instrument.setdefault(fill.instrument, []).append(p)
             self._strategy.setdefault(fill.strategy, _Totals())
         if self.has_fill(fill):
             return self._snapshot(p)
@@ -181,11 +212,16 @@ class PositionBook:
             return ()
         acct, totals = self._account, self._strategy
         for p in held:
-            u = p.qty * (price - p.avg_price)
+            q = p.qty
+            u = q * (price - p.avg_price)
             d = u - p.unrealized
+            g = (q if q > 0 else -q) * (price - p.last_price)
             p.unrealized, p.last_price, p.ts_event = u, price, ts
-            totals[p.strategy].unrealized += d
+            t = totals[p.strategy]
+            t.unrealized += d
+            t.gross += g
             acct.unrealized += d
+            acct.gross += g
         return self._held_strategies[instrument]
 
     def start_day(self) -> None:
@@ -197,13 +233,15 @@ class PositionBook:
                 del self._pos[key]
             else:
                 p.realized = p.charges = p.trip_start = 0.0
-        self._strategy = {s: _Totals() for s in {p.strategy for p in self._pos.values()}}
+        self._index()
+        self._strategy = {s: _Totals() for s in self._of_strategy}
         self._account = _Totals()
         for s in self._strategy:
             self._recompute(s)
 
     def _reindex(self, instrument: str) -> None:
-        held = [p for p in self._pos.values() if p.instrument == instrument and p.qty != 0]
+        held = [p for p in self._of_instrument[instrument] if p.qty != 0]
+        self._open += len(held) - len(self._held.get(instrument, ()))
         if held:
             self._held[instrument] = held
             self._held_strategies[instrument] = tuple(p.strategy for p in held)
@@ -213,16 +251,18 @@ class PositionBook:
 
     def _recompute(self, strategy: str) -> None:
         t = self._strategy[strategy]
-        t.realized = t.charges = t.unrealized = 0.0
-        for p in self._pos.values():
-            if p.strategy == strategy:
-                t.realized += p.realized
-                t.charges += p.charges
-                t.unrealized += p.unrealized
+        t.realized = t.charges = t.unrealized = t.gross = 0.0
+        for p in self._of_strategy.get(strategy, ()):
+            t.realized += p.realized
+            t.charges += p.charges
+            t.unrealized += p.unrealized
+            if p.qty:
+                t.gross += abs(p.qty) * p.last_price
         a = self._account
         a.realized = sum(s.realized for s in self._strategy.values())
         a.charges = sum(s.charges for s in self._strategy.values())
         a.unrealized = sum(s.unrealized for s in self._strategy.values())
+        a.gross = sum(s.gross for s in self._strategy.values())
 
     # ------------------------------------------------------------------ queries
 
@@ -237,13 +277,24 @@ class PositionBook:
     def last_price(self, instrument: str) -> float | None:
         return self._last.get(instrument)
 
-    def gross_exposure(self) -> float:
-        """Σ |qty| × last price (the entry price before any) over open positions."""
-        return sum(abs(p.qty) * (p.last_price or p.avg_price) for held in self._held.values() for p in held)
+    def gross_exposure(self, strategy: str | None = None) -> float:
+        """Σ |qty| × last price over the open positions of ``strategy``, or of the account
+        (the last fill price until the instrument's first mark)."""
+        t = self._account if strategy is None else self._strategy.get(strategy)
+        return 0.0 if t is None else t.gross
+
+    def value(self, strategy: str, instrument: str) -> float:
+        """|qty| × last price of one position: its share of :meth:`gross_exposure`."""
+        p = self._pos.get((strategy, instrument))
+        return 0.0 if p is None or not p.qty else abs(p.qty) * p.last_price
+
+    def holders(self, instrument: str) -> tuple[str, ...]:
+        """The strategies with an open position in ``instrument``."""
+        return self._held_strategies.get(instrument, ())
 
     def open_count(self) -> int:
         """How many (strategy, instrument) positions are open."""
-        return sum(map(len, self._held.values()))
+        return self._open
 
     def open_keys(self) -> list[Key]:
         """(strategy, instrument) of every open position."""

@@ -281,17 +281,18 @@ class _Order:
 
 
 class _Working(dict[str, _Order]):
-    """Working orders by client order id, also indexed by (strategy, instrument) and counted by
-    instrument: the checks of every target and the desk's "does this instrument matter" of
-    every batch read those, and a scan of every working order (a stop per open position) made
-    both grow with the book."""
+    """Working orders by client order id, also indexed by (strategy, instrument), counted by
+    instrument and - stops aside - counted by (strategy, instrument): the checks of every
+    target and the desk's "does this instrument matter" of every batch read those, and a scan
+    of every working order (a stop per open position) made both grow with the book."""
 
-    __slots__ = ("by_instrument", "by_key")
+    __slots__ = ("by_instrument", "by_key", "pending")
 
     def __init__(self, items: Iterable[tuple[str, _Order]] = ()) -> None:
         super().__init__()
         self.by_key: dict[Key, dict[str, _Order]] = {}
         self.by_instrument: dict[str, int] = {}
+        self.pending: dict[Key, int] = {}  # keys whose expected position differs from the held one
         for coid, w in items:
             self[coid] = w
 
@@ -299,8 +300,11 @@ class _Working(dict[str, _Order]):
         if coid in self:  # replaced: out of the indexes first
             self._unindex(coid, self[coid])
         super().__setitem__(coid, w)
-        self.by_key.setdefault((w.strategy, w.instrument), {})[coid] = w
+        key = (w.strategy, w.instrument)
+        self.by_key.setdefault(key, {})[coid] = w
         self.by_instrument[w.instrument] = self.by_instrument.get(w.instrument, 0) + 1
+        if w.purpose is not OrderPurpose.STOP:
+            self.pending[key] = self.pending.get(key, 0) + 1
 
     def __delitem__(self, coid: str) -> None:
         self._unindex(coid, self[coid])
@@ -326,6 +330,12 @@ class _Working(dict[str, _Order]):
             self.by_instrument[w.instrument] = n
         else:
             del self.by_instrument[w.instrument]
+        if w.purpose is not OrderPurpose.STOP:
+            n = self.pending[key] - 1
+            if n:
+                self.pending[key] = n
+            else:
+                del self.pending[key]
 
     def __reduce__(self) -> tuple[Any, ...]:  # the indexes are rebuilt, not pickled
         return _Working, (list(self.items()),)
@@ -962,19 +972,9 @@ class RiskGate:
             return signed, Reason.MAX_ORDER_QTY, f"qty {qty} > {cfg.max_order_qty}"
         if qty * price > cfg.max_order_value:
             return signed, Reason.MAX_ORDER_VALUE, f"value {qty * price:,.2f} > {cfg.max_order_value:,.2f}"
-        expected = self._expected_all()
-        after = expected.get(key, 0) + signed
-        if expected.get(key, 0) == 0 and sum(1 for q in expected.values() if q) >= cfg.max_open_positions:
+        was, opened, strat, gross = self._exposure(key, signed, price)
+        if was == 0 and opened >= cfg.max_open_positions:
             return signed, Reason.MAX_OPEN_POSITIONS, f"{cfg.max_open_positions} positions already open"
-        strat = gross = 0.0
-        for k, q in expected.items():
-            v = abs(after if k == key else q) * (price if k[1] == key[1] else self._price(k))
-            gross += v
-            if k[0] == key[0]:
-                strat += v
-        if key not in expected:
-            strat += abs(after) * price
-            gross += abs(after) * price
         if strat > cfg.max_strategy_exposure:
             return signed, Reason.STRATEGY_EXPOSURE, f"strategy gross {strat:,.2f} > {cfg.max_strategy_exposure:,.2f}"
         if gross > cfg.max_portfolio_exposure:
@@ -1209,13 +1209,34 @@ class RiskGate:
             w.sign * w.remaining for w in self._working_of(key) if w.purpose is not OrderPurpose.STOP
         )
 
-    def _expected_all(self) -> dict[Key, int]:
-        exp = {key: self.book.qty(*key) for key in self.book.open_keys()}
-        for w in self._working.values():
-            if w.purpose is not OrderPurpose.STOP:
-                k = (w.strategy, w.instrument)
-                exp[k] = exp.get(k, 0) + w.sign * w.remaining
-        return exp
+    def _exposure(self, key: Key, signed: int, price: float) -> tuple[int, int, float, float]:
+        """(expected position of ``key``, how many keys have an expected position, and the
+        strategy's and the account's gross exposure once ``signed`` more of ``key`` is working).
+
+        Gross exposure is Σ |expected position| × price over every key, ``key``'s instrument
+        at ``price`` and the others at their last price. The book keeps that sum over held
+        positions (:meth:`PositionBook.gross_exposure`); only the keys where it can differ are
+        visited and corrected: those with working entries or exits, and the holders of
+        ``key``'s instrument. In sorted order, so the sum never depends on history.
+        """
+        book, inst = self.book, key[1]
+        adjust = set(self._working.pending)
+        adjust.add(key)
+        adjust.update((s, inst) for s in book.holders(inst))
+        was, opened = 0, book.open_count()
+        strat, gross = book.gross_exposure(key[0]), book.gross_exposure()
+        for k in sorted(adjust):
+            held = book.qty(*k)
+            expected = self._expected(k)
+            if k == key:
+                was = expected
+                expected += signed
+            opened += ((was if k == key else expected) != 0) - (held != 0)
+            d = abs(expected) * (price if k[1] == inst else self._price(k)) - book.value(*k)
+            gross += d
+            if k[0] == key[0]:
+                strat += d
+        return was, opened, strat, gross
 
     def _keys(self) -> list[Key]:
         return sorted(self.book.open_keys())

@@ -108,6 +108,33 @@ def test_mark_after_pickle_is_identical() -> None:
     assert book.positions() == copy.positions() and book.pnl() == copy.pnl()
 
 
+def test_gross_exposure_follows_marks_and_fills() -> None:
+    book = PositionBook("acc")
+    book.apply_fill(fill(B, 10, 100.0))
+    book.apply_fill(fill(S, 4, 50.0, strategy="s2", instrument="NSE:TCS"))
+    assert (book.gross_exposure(), book.gross_exposure("s1"), book.gross_exposure("s2")) == (1200.0, 1000.0, 200.0)
+    book.mark("NSE:INFY", 101.5, 2)
+    assert (book.gross_exposure(), book.gross_exposure("s1"), book.value("s1", "NSE:INFY")) == (1215.0, 1015.0, 1015.0)
+    book.apply_fill(fill(S, 10, 102.0))  # flat: out of the sums, its value 0
+    assert (book.gross_exposure(), book.gross_exposure("s1"), book.value("s1", "NSE:INFY")) == (200.0, 0.0, 0.0)
+    assert (book.open_count(), book.holders("NSE:INFY"), book.holders("NSE:TCS")) == (1, (), ("s2",))
+    assert book.gross_exposure("nobody") == 0.0
+
+
+def test_a_snapshot_from_before_gross_exposure_loads() -> None:
+    book = PositionBook("acc")
+    book.apply_fill(fill(B, 10, 100.0))
+    book.mark("NSE:INFY", 101.0, 2)
+    state = book.__getstate__()
+    for t in (state["_account"], *state["_strategy"].values()):  # an older snapshot's totals had no gross
+        del t.gross
+    old = PositionBook.__new__(PositionBook)
+    old.__setstate__(state)
+    assert (old.gross_exposure(), old.open_count(), old.pnl()) == (1010.0, 1, book.pnl())
+    old.apply_fill(fill(B, 5, 102.0, strategy="s2"))
+    assert old.gross_exposure() == 1010.0 + 5 * 101.0  # the instrument's last mark, not the fill price
+
+
 # ---------------------------------------------------------------------- stateful model check
 
 KEYS = [("s1", "NSE:INFY"), ("s1", "NSE:TCS"), ("s2", "NSE:INFY")]
@@ -193,6 +220,28 @@ class PortfolioMachine(RuleBasedStateMachine):
         before = {k: self.book.qty(*k) for k in KEYS}
         self.book.mark(instrument, ticks / 20, 9)
         assert {k: self.book.qty(*k) for k in KEYS} == before  # marks never move positions
+
+    @rule()
+    def restart(self) -> None:
+        """A snapshot mid-stream: the indexes are rebuilt, the running totals kept as they are."""
+        copy = pickle.loads(pickle.dumps(self.book))
+        assert copy.pnl() == self.book.pnl() and copy.gross_exposure() == self.book.gross_exposure()
+        self.book = copy
+
+    @invariant()
+    def gross_exposure_and_indexes_match_a_scan(self) -> None:
+        book, positions = self.book, self.book.positions()
+        for strategy in (None, "s1", "s2"):
+            scan = sum(abs(p.qty) * p.last_price for p in positions if strategy in (None, p.strategy))
+            assert book.gross_exposure(strategy) == pytest.approx(scan, rel=1e-12, abs=1e-9)
+        for k in KEYS:
+            p = book.position(*k)
+            assert book.value(*k) == (abs(p.qty) * p.last_price if p is not None and p.qty else 0.0)
+        for inst in ("NSE:INFY", "NSE:TCS"):
+            assert book.holders(inst) == tuple(p.strategy for p in positions if p.instrument == inst and p.qty)
+        assert list(book._of_strategy) == list(dict.fromkeys(p.strategy for p in positions))
+        for strategy, of in book._of_strategy.items():
+            assert [p.instrument for p in of] == [p.instrument for p in positions if p.strategy == strategy]
 
     @invariant()
     def positions_match_fills(self) -> None:

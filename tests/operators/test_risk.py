@@ -830,6 +830,34 @@ class GateMachine(RuleBasedStateMachine):
             n = sum(1 for w in working.values() if w.instrument == inst)
             assert working.by_instrument.get(inst, 0) == n
             assert self.g.involves(inst) == (self.g.book.holds(inst) or n > 0)
+        pending = {(w.strategy, w.instrument) for w in working.values() if w.purpose is not OrderPurpose.STOP}
+        assert set(working.pending) == pending
+
+    @invariant()
+    def exposure_matches_a_scan(self) -> None:
+        """The entry checks' exposure (the book's running gross, corrected where working orders
+        or the decision's price make it differ) against a scan of every key."""
+        for key in itertools.product(("s1", "s2", "s3"), ("NSE:INFY", "NFO:NIFTYFUT")):
+            for signed, price in ((10, 1512.5), (-75, 23_950.0)):
+                assert self.g._exposure(key, signed, price) == pytest.approx(_exposure_scan(self.g, key, signed, price))
+
+
+def _exposure_scan(g: RiskGate, key: tuple[str, str], signed: int, price: float) -> tuple[int, int, float, float]:
+    """What the gate's entry checks computed before the book kept gross exposure: every open
+    position and every working entry or exit, visited."""
+    expected = {k: g.book.qty(*k) for k in g.book.open_keys()}
+    for w in g._working.values():
+        if w.purpose is not OrderPurpose.STOP:
+            k = (w.strategy, w.instrument)
+            expected[k] = expected.get(k, 0) + w.sign * w.remaining
+    was = expected.get(key, 0)
+    after = {**expected, key: was + signed}
+    strat = gross = 0.0
+    for k, q in after.items():
+        px = price if k[1] == key[1] else g._price(k)
+        gross += abs(q) * px
+        strat += abs(q) * px if k[0] == key[0] else 0.0
+    return was, sum(1 for q in expected.values() if q), strat, gross
 
 
 def test_a_snapshot_from_before_the_working_index_loads() -> None:
