@@ -380,6 +380,7 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    parsed: Any = None  # the value as the source decoded it (:class:`OrderedSource`), None if it did not
 
 
 HEARTBEAT = Record("", -1, -1, None, None)  # emitted while idle so time-bounded sinks can flush
@@ -424,7 +425,7 @@ class _RecordPartition(StatefulSourcePartition[Record, int]):
                     continue
                 msg = f"error consuming {self._topic}[{self._partition}]: {err}"
                 raise KafkaUnavailable(msg)
-            out.append(new(Record, (topic, partition, m.offset(), m.key(), m.value())))
+            out.append(new(Record, (topic, partition, m.offset(), m.key(), m.value(), None)))
         if out:
             self._offset = out[-1].offset + 1
             self._counter.inc(len(out))
@@ -479,7 +480,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         conf: dict[str, Any],
         topic: str,
         offsets: dict[int, int],
-        ts_of: Callable[[bytes], int],
+        parse: Callable[[bytes], tuple[int, Any]],
         batch_size: int,
         tail: bool,
         idle_s: float,
@@ -487,7 +488,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
     ) -> None:
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
-        self._topic, self._offsets, self._ts_of, self._batch_size = topic, dict(offsets), ts_of, batch_size
+        self._topic, self._offsets, self._parse, self._batch_size = topic, dict(offsets), parse, batch_size
         self._tail = tail
         self._buffers: dict[int, list[Record]] = {p: [] for p in sorted(offsets)}
         self._buffer_ts: dict[int, list[int]] = {p: [] for p in sorted(offsets)}  # merge times
@@ -566,7 +567,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
     def _fetch(self, timeout: float) -> None:
         """Read what the client has, buffer it per partition and move every record that is
         safe to emit into ``_merged``."""
-        buffers, buffer_ts, ts_of, at_end, highs = self._buffers, self._buffer_ts, self._ts_of, self._at_end, self._highs
+        buffers, buffer_ts, parse, at_end, highs = self._buffers, self._buffer_ts, self._parse, self._at_end, self._highs
         topic, new = self._topic, tuple.__new__
         for m in self._consumer.consume(self.FETCH_MAX, timeout):
             err, p = m.error(), m.partition()
@@ -581,12 +582,12 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             value = m.value()
             # Merge on the partition's running maximum of event time, so a record older than
             # one before it (a late tick) keeps its place in the log, right after that one.
-            ts = ts_of(value or b"")
+            ts, parsed = parse(value or b"")
             high = highs.get(p)
             if high is not None and ts < high:
                 ts = high
             highs[p] = ts
-            buffers[p].append(new(Record, (topic, p, m.offset(), m.key(), value)))
+            buffers[p].append(new(Record, (topic, p, m.offset(), m.key(), value, parsed)))
             buffer_ts[p].append(ts)
             at_end.discard(p)
         # Every record not newer than the newest record seen on each partition that may still
@@ -658,7 +659,7 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
 
     Independent partitions are read at independent speeds, so a plain consumer interleaves
     instruments by fetch timing - minutes apart when a backlog is read unpaced (a replay, the
-    catch-up after a restart). This source merges the partitions by ``ts_of(value)`` (ties by
+    catch-up after a restart). This source merges the partitions by event time (ties by
     partition, then offset; a record older than one before it in its partition - a late
     tick - keeps its place in the log, so it is still late downstream) and only emits a
     record once every partition has shown one at least as new, so the flow sees the market
@@ -672,20 +673,25 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
     A batch holds at most ``batch_size`` records, whatever a fetch brought: small live batches
     keep decisions prompt; a live source whose records wait without a break for two seconds
     (the flow is behind) doubles its batches until it has caught up.
+
+    ``parse(value)`` gives a record's event time and its decoded value, which the record
+    carries on as ``parsed`` (None: the flow decodes ``value`` itself, e.g. to say why it
+    cannot). The merge needs every record's time; decoding it once here spares the flow a
+    second pass over the bytes.
     """
 
     def __init__(
         self,
         client: KafkaClientConfig,
         topic: str,
-        ts_of: Callable[[bytes], int],
+        parse: Callable[[bytes], tuple[int, Any]],
         *,
         start: Mapping[tuple[str, int], int] | None = None,
         tail: bool = False,
         batch_size: int = 5000,
         idle_s: float = 0.05,
     ) -> None:
-        self._client, self._topic, self._ts_of, self._tail = client, topic, ts_of, tail
+        self._client, self._topic, self._parse, self._tail = client, topic, parse, tail
         self._start, self._batch_size, self._idle_s = dict(start or {}), batch_size, idle_s
 
     def list_parts(self) -> list[str]:
@@ -702,7 +708,7 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
             self._client.consumer(),
             self._topic,
             resume_state.offsets,
-            self._ts_of,
+            self._parse,
             self._batch_size,
             self._tail,
             self._idle_s,

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -47,25 +47,26 @@ from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
 from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
-from schemas.market import Candle, Instrument, RejectReason, rejected
+from schemas.market import Candle, Instrument, RejectReason, Tick, rejected
 from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.live")
 _COMMAND = codec_for(Control)
 
 
-class _EventTime(msgspec.Struct):
-    ts_event: int
+def _parser(value_type: type[Tick | Candle]) -> Callable[[bytes], tuple[int, Tick | Candle | None]]:
+    """The market source's ``parse``: a tick's (or bar's) event time and the decoded value,
+    which the pipeline's decode step takes over (see :class:`OrderedSource`)."""
+    decode = msgspec.json.Decoder(value_type).decode
 
+    def parse(value: bytes) -> tuple[int, Tick | Candle | None]:
+        try:
+            v = decode(value)
+        except msgspec.DecodeError:
+            return 0, None  # undecodable: replayed first, and dead-lettered (with the reason) by the pipeline
+        return v.ts_event, v
 
-_EVENT_TIME = msgspec.json.Decoder(_EventTime)
-
-
-def _event_time(value: bytes) -> int:
-    try:
-        return _EVENT_TIME.decode(value).ts_event
-    except msgspec.DecodeError:
-        return 0  # undecodable: replayed first, and dead-lettered by the pipeline
+    return parse
 
 
 def analytics_config(settings: Any) -> AnalyticsConfig:
@@ -125,7 +126,11 @@ def build(
     # A candle-only replay reads bars; ``source`` names another topic with the input (shared by runs).
     ticks_topic = source or catalog.name("md.ticks" if cfg.bars is None else "md.candles")
     ticks = op.input(
-        "md", flow, OrderedSource(client, ticks_topic, _event_time, start=start, tail=tail, batch_size=batch_size)
+        "md",
+        flow,
+        OrderedSource(
+            client, ticks_topic, _parser(Tick if cfg.bars is None else Candle), start=start, tail=tail, batch_size=batch_size
+        ),
     )
     strategy_cmds: Stream[tuple[str, Any]] | None = None
     desk_cmds: Stream[Any] | None = None

@@ -212,8 +212,9 @@ class Reject(NamedTuple):
 def _record_decoder(
     value_type: Any, check: Callable[[Record, Any], str | None] | None = None
 ) -> Callable[[list[Record]], list[tuple[str, Any]]]:
-    """Decode records of ``value_type`` keyed by instrument; an undecodable record - or one
-    ``check`` refuses, with its reason - becomes a :class:`Reject` for the dead-letter topic."""
+    """Decode records of ``value_type`` keyed by instrument (a record the source already
+    decoded, ``Record.parsed``, is taken as it is); an undecodable record - or one ``check``
+    refuses, with its reason - becomes a :class:`Reject` for the dead-letter topic."""
     decode = msgspec.json.Decoder(value_type).decode
 
     def decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
@@ -221,12 +222,14 @@ def _record_decoder(
         for rec in records:
             if rec is HEARTBEAT or rec.partition < 0:
                 continue
-            try:
-                v = decode(rec.value or b"")
-            except msgspec.DecodeError as exc:
-                err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
-                out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
-                continue
+            v = rec.parsed
+            if type(v) is not value_type:
+                try:
+                    v = decode(rec.value or b"")
+                except msgspec.DecodeError as exc:
+                    err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
+                    out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
+                    continue
             if check is not None:
                 why = check(rec, v)
                 if why is not None:

@@ -17,11 +17,17 @@ def _ts(value: bytes) -> int:
     return int(json.loads(value)["ts"])
 
 
+def _parse(value: bytes) -> tuple[int, dict]:
+    """The source's ``parse``: the time to merge by, and the decoded value records carry on."""
+    v = json.loads(value)
+    return int(v["ts"]), v
+
+
 def _run(kafka: KafkaClientConfig, topic: str, start: dict[tuple[str, int], int] | None = None) -> list[tuple]:
     out: list[tuple] = []
     flow = Dataflow("ordered")
-    recs = op.input("in", flow, OrderedSource(kafka, topic, _ts, start=start, batch_size=3))
-    op.output("out", op.map("v", recs, lambda r: (r.partition, r.offset, _ts(r.value))), TestingSink(out))
+    recs = op.input("in", flow, OrderedSource(kafka, topic, _parse, start=start, batch_size=3))
+    op.output("out", op.map("v", recs, lambda r: (r.partition, r.offset, r.parsed["ts"])), TestingSink(out))
     run_main(flow)
     return out
 
@@ -71,7 +77,7 @@ def test_a_resume_from_recovery_keeps_a_late_record_late(kafka: KafkaClientConfi
     def run() -> list[int]:
         out: list[tuple] = []
         flow = Dataflow("ordered_rec")
-        recs = op.input("in", flow, OrderedSource(kafka, topic, _ts, batch_size=3))
+        recs = op.input("in", flow, OrderedSource(kafka, topic, _parse, batch_size=3))
         op.output("out", op.map("v", recs, lambda r: _ts(r.value)), TestingSink(out))
         run_main(flow, recovery_config=recovery)
         return out
@@ -157,7 +163,7 @@ def test_batches_are_slices_of_the_merge_and_a_snapshot_resumes_after_the_last_e
     def key(r) -> tuple[int, int]:
         return r.partition, r.offset
 
-    whole = OrderedSource(kafka, topic, _ts, batch_size=5000)
+    whole = OrderedSource(kafka, topic, _parse, batch_size=5000)
     part = whole.build_part("in", whole.list_parts()[0], None)
     try:
         reference = [key(r) for b in _drain(part) for r in b]
@@ -165,7 +171,7 @@ def test_batches_are_slices_of_the_merge_and_a_snapshot_resumes_after_the_last_e
         part.close()
     assert len(reference) == 200
 
-    src = OrderedSource(kafka, topic, _ts, batch_size=7)
+    src = OrderedSource(kafka, topic, _parse, batch_size=7)
     part = src.build_part("in", src.list_parts()[0], None)
     try:
         first: list[list] = []
@@ -200,7 +206,7 @@ def test_a_live_source_that_stays_behind_grows_its_batches(kafka: KafkaClientCon
     assert p.flush(10) == 0
 
     def sizes(after_s: float) -> list[int]:
-        src = OrderedSource(kafka, topic, _ts, batch_size=10, tail=True)
+        src = OrderedSource(kafka, topic, _parse, batch_size=10, tail=True)
         part = src.build_part("in", src.list_parts()[0], None)
         part.CATCHUP_AFTER_S, part.CATCHUP_DOUBLE_S = after_s, 0.001
         try:
