@@ -466,13 +466,14 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
 
     FETCH_MAX = 5000  # most messages taken from the client per call
     LIVE_POLL_S = 0.002  # live and idle: look for new messages this often
-    # Live, records that have been waiting without a break for CATCHUP_AFTER_S mean the flow is
-    # behind (a restart's catch-up, a rate beyond its speed), not a burst from the broker:
-    # batches then double every CATCHUP_DOUBLE_S, up to CATCHUP_BATCH, and buy throughput
-    # (per-batch costs are paid less often) where small batches would only add delay. A
-    # short backlog (start-up builds 500 instruments' state) grows them little.
-    CATCHUP_AFTER_S = 2.0
-    CATCHUP_DOUBLE_S = 0.5
+    # Live, a record that has waited BUSY_WAIT_S in the source means the flow is busy (a wave
+    # of bar closes, a burst, a restart's catch-up): the next batch takes every record there
+    # is, up to CATCHUP_BATCH, so the per-batch costs are paid once for all of them instead of
+    # once per ``batch_size`` while the queue grows. While the flow keeps up nothing waits
+    # that long and batches stay small, which keeps decisions prompt. A wait of BEHIND_LOG_S
+    # is logged (the flow is behind), and so is the return to an empty queue.
+    BUSY_WAIT_S = 0.005
+    BEHIND_LOG_S = 2.0
     CATCHUP_BATCH = 5000
 
     def __init__(
@@ -495,7 +496,6 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         self._merged: list[Record] = []  # merged, in emission order, from _next on
         self._merged_ts: list[int] = []
         self._next = 0
-        self._waiting_since = 0.0  # monotonic time since when _merged has not been empty
         self._fetched: deque[tuple[int, float]] = deque()  # (end index in _merged, monotonic time merged)
         self._catching_up = False
         self._at_end: set[int] = set()  # caught up: nothing buffered and nothing more in the log (yet)
@@ -514,23 +514,25 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             _report_lag(self._consumer, self._topic, self._offsets)
         merged, first, size = self._merged, self._next, self._batch_size
         left = len(merged) - first
+        fetched = self._fetched
         if self._tail and left:
-            behind = time.monotonic() - self._waiting_since - self.CATCHUP_AFTER_S
-            if behind >= 0:
-                size = min(max(size, self.CATCHUP_BATCH), size << min(16, 1 + int(behind / self.CATCHUP_DOUBLE_S)))
-                if not self._catching_up:
+            while fetched[0][0] <= first:  # merges already emitted: the oldest waiting is first
+                fetched.popleft()
+            waited = time.monotonic() - fetched[0][1]
+            if waited >= self.BUSY_WAIT_S:
+                size = self.CATCHUP_BATCH
+                if waited >= self.BEHIND_LOG_S and not self._catching_up:
                     self._catching_up = True
-                    log.info("%s: behind for %.1f s, catching up in growing batches", self._topic, self.CATCHUP_AFTER_S)
+                    log.info("%s: records waited %.1f s: behind, catching up in batches of up to %d",
+                             self._topic, waited, size)  # fmt: skip
         if left < size:
             # Live never blocks here (a blocking consume waits for a full FETCH_MAX, stalling
             # the whole worker): next_awake paces the polls. A replay with nothing merged
             # waits a little for the client's next fetch.
             self._fetch(0.0 if self._tail or left else 0.02)
-            if not left and len(merged) > first:
-                self._waiting_since = time.monotonic()
-                if self._catching_up:
-                    self._catching_up = False
-                    log.info("%s: caught up, batches of %d again", self._topic, self._batch_size)
+            if not left and self._catching_up:
+                self._catching_up = False
+                log.info("%s: caught up, batches of %d again", self._topic, self._batch_size)
             left = len(merged) - first
         if not left:
             if not self._tail and len(self._at_end) == len(self._buffers) and not any(self._buffers.values()):
@@ -539,7 +541,6 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         chunk = merged[first : first + size]
         times = self._merged_ts[first : first + size]
         if self._tail:
-            fetched = self._fetched
             while fetched[0][0] <= first:
                 fetched.popleft()
             SOURCE_WAIT.observe(time.monotonic() - fetched[0][1])
@@ -671,8 +672,9 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
     maximum of each partition, of what has been emitted.
 
     A batch holds at most ``batch_size`` records, whatever a fetch brought: small live batches
-    keep decisions prompt; a live source whose records wait without a break for two seconds
-    (the flow is behind) doubles its batches until it has caught up.
+    keep decisions prompt. Live, once a record has waited a few milliseconds in the source
+    (the flow is busy or behind), a batch takes every record there is, up to 5000, until the
+    queue is empty again.
 
     ``parse(value)`` gives a record's event time and its decoded value, which the record
     carries on as ``parsed`` (None: the flow decodes ``value`` itself, e.g. to say why it

@@ -196,19 +196,19 @@ def test_batches_are_slices_of_the_merge_and_a_snapshot_resumes_after_the_last_e
     assert rest == reference[done:]
 
 
-def test_a_live_source_that_stays_behind_grows_its_batches(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
-    """Live, small batches keep latency low while the flow keeps up; records waiting without a
-    break for CATCHUP_AFTER_S mean it is behind, and batches grow to catch up."""
+def test_a_live_source_whose_records_wait_takes_all_that_waits(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
+    """Live, small batches keep latency low while the flow keeps up; a record that has waited
+    BUSY_WAIT_S means the flow is busy, and a batch takes all there is (up to CATCHUP_BATCH)."""
     topic = catalog.name("md.ticks")
     p = Producer(kafka.producer())
     for k in range(4000):
         p.produce(topic, json.dumps({"ts": k}).encode(), partition=k % 4)
     assert p.flush(10) == 0
 
-    def sizes(after_s: float) -> list[int]:
+    def sizes(busy_s: float) -> list[int]:
         src = OrderedSource(kafka, topic, _parse, batch_size=10, tail=True)
         part = src.build_part("in", src.list_parts()[0], None)
-        part.CATCHUP_AFTER_S, part.CATCHUP_DOUBLE_S = after_s, 0.001
+        part.BUSY_WAIT_S, part.CATCHUP_BATCH = busy_s, 1500
         try:
             got = [len(b) for b in _drain(part, limit=3.0)]
         finally:
@@ -216,5 +216,6 @@ def test_a_live_source_that_stays_behind_grows_its_batches(kafka: KafkaClientCon
         assert sum(got) >= 3990  # the newest records of each partition wait for the idle bound
         return got
 
-    assert max(sizes(60.0)) == 10  # keeping up (here: not behind for long enough)
-    assert max(sizes(0.0)) > 10
+    assert max(sizes(60.0)) == 10  # keeping up (here: nothing waits long enough)
+    busy = sizes(0.0)
+    assert 100 < max(busy) <= 1500
