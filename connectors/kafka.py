@@ -520,7 +520,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
                 fetched.popleft()
             waited = time.monotonic() - fetched[0][1]
             if waited >= self.BUSY_WAIT_S:
-                size = self.CATCHUP_BATCH
+                size = max(size, self.CATCHUP_BATCH)
                 if waited >= self.BEHIND_LOG_S and not self._catching_up:
                     self._catching_up = True
                     log.info("%s: records waited %.1f s: behind, catching up in batches of up to %d",
@@ -673,8 +673,8 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
 
     A batch holds at most ``batch_size`` records, whatever a fetch brought: small live batches
     keep decisions prompt. Live, once a record has waited a few milliseconds in the source
-    (the flow is busy or behind), a batch takes every record there is, up to 5000, until the
-    queue is empty again.
+    (the flow is busy or behind), a batch takes every record there is, up to 5000 (or
+    ``batch_size`` if larger), until the queue is empty again.
 
     ``parse(value)`` gives a record's event time and its decoded value, which the record
     carries on as ``parsed`` (None: the flow decodes ``value`` itself, e.g. to say why it
