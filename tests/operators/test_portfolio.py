@@ -233,7 +233,7 @@ class PortfolioMachine(RuleBasedStateMachine):
         book, positions = self.book, self.book.positions()
         for strategy in (None, "s1", "s2"):
             scan = sum(abs(p.qty) * p.last_price for p in positions if strategy in (None, p.strategy))
-            assert book.gross_exposure(strategy) == pytest.approx(scan, rel=1e-12, abs=1e-9)
+            assert book.gross_exposure(strategy) == pytest.approx(scan, rel=1e-12, abs=1e-6)
         for k in KEYS:
             p = book.position(*k)
             assert book.value(*k) == (abs(p.qty) * p.last_price if p is not None and p.qty else 0.0)

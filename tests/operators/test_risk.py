@@ -836,10 +836,13 @@ class GateMachine(RuleBasedStateMachine):
     @invariant()
     def exposure_matches_a_scan(self) -> None:
         """The entry checks' exposure (the book's running gross, corrected where working orders
-        or the decision's price make it differ) against a scan of every key."""
+        or the decision's price make it differ) against a scan of every key: equal up to float
+        rounding of the values summed (a position of ₹18 L held and exited by a working order
+        leaves ~1e-10 where the scan has 0)."""
         for key in itertools.product(("s1", "s2", "s3"), ("NSE:INFY", "NFO:NIFTYFUT")):
             for signed, price in ((10, 1512.5), (-75, 23_950.0)):
-                assert self.g._exposure(key, signed, price) == pytest.approx(_exposure_scan(self.g, key, signed, price))
+                scan = _exposure_scan(self.g, key, signed, price)
+                assert self.g._exposure(key, signed, price) == pytest.approx(scan, rel=1e-12, abs=1e-6)
 
 
 def _exposure_scan(g: RiskGate, key: tuple[str, str], signed: int, price: float) -> tuple[int, int, float, float]:
