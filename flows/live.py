@@ -24,12 +24,11 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import bytewax.operators as op
-import msgspec
 from bytewax.dataflow import Dataflow, Stream
 
 from connectors.history import stored_candle
@@ -42,7 +41,7 @@ from connectors.kafka import (
     Record,
     RecordSource,
 )
-from flows.pipeline import MarketClock, PipelineConfig, build_market, strategy_commands
+from flows.pipeline import MarketClock, PipelineConfig, build_market, market_parser, strategy_commands
 from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
 from schemas.codec import DecodeError, codec_for, encode
@@ -52,21 +51,6 @@ from schemas.topics import TopicCatalog
 
 log = logging.getLogger("ticktape.live")
 _COMMAND = codec_for(Control)
-
-
-def _parser(value_type: type[Tick | Candle]) -> Callable[[bytes], tuple[int, Tick | Candle | None]]:
-    """The market source's ``parse``: a tick's (or bar's) event time and the decoded value,
-    which the pipeline's decode step takes over (see :class:`OrderedSource`)."""
-    decode = msgspec.json.Decoder(value_type).decode
-
-    def parse(value: bytes) -> tuple[int, Tick | Candle | None]:
-        try:
-            v = decode(value)
-        except msgspec.DecodeError:
-            return 0, None  # undecodable: replayed first, and dead-lettered (with the reason) by the pipeline
-        return v.ts_event, v
-
-    return parse
 
 
 def analytics_config(settings: Any) -> AnalyticsConfig:
@@ -125,13 +109,8 @@ def build(
     flow = Dataflow("live")
     # A candle-only replay reads bars; ``source`` names another topic with the input (shared by runs).
     ticks_topic = source or catalog.name("md.ticks" if cfg.bars is None else "md.candles")
-    ticks = op.input(
-        "md",
-        flow,
-        OrderedSource(
-            client, ticks_topic, _parser(Tick if cfg.bars is None else Candle), start=start, tail=tail, batch_size=batch_size
-        ),
-    )
+    parse = market_parser(Tick if cfg.bars is None else Candle)
+    ticks = op.input("md", flow, OrderedSource(client, ticks_topic, parse, start=start, tail=tail, batch_size=batch_size))
     strategy_cmds: Stream[tuple[str, Any]] | None = None
     desk_cmds: Stream[Any] | None = None
     dlq: Stream[Any] | None = None

@@ -209,13 +209,31 @@ class Reject(NamedTuple):
     ts: int = 0  # event time of the tick, when it decoded
 
 
+_DECODE: dict[type, Callable[[bytes], Any]] = {t: msgspec.json.Decoder(t).decode for t in (Tick, Candle)}
+
+
+def market_parser(value_type: type[Tick | Candle]) -> Callable[[bytes], tuple[int, Tick | Candle | None]]:
+    """The market source's ``parse`` (:class:`OrderedSource`): a tick's (or bar's) event time
+    and the decoded value, which the decode step (:func:`_record_decoder`) takes over."""
+    decode = _DECODE[value_type]
+
+    def parse(value: bytes) -> tuple[int, Tick | Candle | None]:
+        try:
+            v = decode(value)
+        except msgspec.DecodeError:
+            return 0, None  # undecodable: merged first, and dead-lettered with its reason by the decode step
+        return v.ts_event, v
+
+    return parse
+
+
 def _record_decoder(
-    value_type: Any, check: Callable[[Record, Any], str | None] | None = None
+    value_type: type[Tick | Candle], check: Callable[[Record, Any], str | None] | None = None
 ) -> Callable[[list[Record]], list[tuple[str, Any]]]:
     """Decode records of ``value_type`` keyed by instrument (a record the source already
     decoded, ``Record.parsed``, is taken as it is); an undecodable record - or one ``check``
     refuses, with its reason - becomes a :class:`Reject` for the dead-letter topic."""
-    decode = msgspec.json.Decoder(value_type).decode
+    decode = _DECODE[value_type]
 
     def decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []

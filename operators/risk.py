@@ -292,7 +292,7 @@ class _Working(dict[str, _Order]):
         super().__init__()
         self.by_key: dict[Key, dict[str, _Order]] = {}
         self.by_instrument: dict[str, int] = {}
-        self.pending: dict[Key, int] = {}  # keys whose expected position differs from the held one
+        self.pending: dict[Key, int] = {}  # working entries and exits per key (stops never count)
         for coid, w in items:
             self[coid] = w
 
@@ -1226,12 +1226,11 @@ class RiskGate:
         was, opened = 0, book.open_count()
         strat, gross = book.gross_exposure(key[0]), book.gross_exposure()
         for k in sorted(adjust):
-            held = book.qty(*k)
             expected = self._expected(k)
+            opened += (expected != 0) - (book.qty(*k) != 0)  # the count before this order
             if k == key:
                 was = expected
                 expected += signed
-            opened += ((was if k == key else expected) != 0) - (held != 0)
             d = abs(expected) * (price if k[1] == inst else self._price(k)) - book.value(*k)
             gross += d
             if k[0] == key[0]:
