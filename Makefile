@@ -7,8 +7,17 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The per-tick modules (candles, indicators), compiled to C extensions by mypyc from the same
+# sources: 3-10x faster indicator updates, +35-40% ticks/s through the analytics pipeline
+# (tests/bench). Python imports a compiled module in place of its source; where nothing
+# compiles (no C compiler) the sources run as they are and only speed differs. A source
+# edited after compiling stops `import operators` with a message until `make native` runs
+# again (or `make pure` removes the compiled modules).
+NATIVE_SRC := operators/state.py operators/candles.py $(sort $(wildcard operators/indicators/*.py))
+NATIVE     := $(VENV)/.native
+NATIVE_OUT := operators/*.so operators/indicators/*.so
 
-.PHONY: demo test bench lint typecheck install clean
+.PHONY: demo test bench lint typecheck install native pure clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "ticktape needs Python 3.11 or 3.12 (bytewax 0.21.1 has no wheels for newer); set PYTHON=/path/to/python3.12" >&2; exit 1; }
@@ -17,15 +26,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(NATIVE): $(STAMP) $(NATIVE_SRC) build_native.py
+	@rm -f $(NATIVE_OUT)
+	@echo "compiling $(words $(NATIVE_SRC)) modules with mypyc (log: $(VENV)/native.log)"
+	@# touch: setuptools keeps the old file (and time) of an unchanged module stub
+	@if $(BIN)/python build_native.py $(NATIVE_SRC) >$(VENV)/native.log 2>&1; then touch $(NATIVE_OUT); else \
+		rm -f $(NATIVE_OUT); echo "mypyc failed (see $(VENV)/native.log): running the Python sources" >&2; fi
+	@touch $(NATIVE)
 
-demo: $(STAMP)
+native: $(NATIVE)
+
+pure:
+	rm -f $(NATIVE_OUT) $(NATIVE)
+
+install: $(NATIVE)
+
+demo: $(NATIVE)
 	$(BIN)/ticktape up --demo
 
-test: $(STAMP)
+test: $(NATIVE)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/bench -o addopts="" -s
 
 lint: $(STAMP)
@@ -36,4 +58,5 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .ticktape .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .ticktape .pytest_cache .mypy_cache .ruff_cache build
+	rm -f $(NATIVE_OUT)

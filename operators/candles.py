@@ -117,6 +117,14 @@ def session_bounds(ts: int) -> tuple[int, int]:
     return day + SESSION_OPEN_NS, day + SESSION_CLOSE_NS
 
 
+# What a snapshot holds of a bar and of a book: their attributes' values in this order (the
+# classes' __slots__, which a class compiled by mypyc no longer has at run time).
+_BAR_STATE = ("close", "close_at", "count", "end", "first_ts", "high", "last_ts", "low", "oi", "open", "open_time",
+              "pv", "volume")  # fmt: skip
+_BOOK_STATE = ("_bars", "_children", "_floor", "_last_day", "_last_partial", "_last_seq", "_last_vol", "_parent",
+               "_partial_every", "_partial_idx", "instrument", "timeframes")  # fmt: skip
+
+
 class _Bar:
     """Mutable accumulator of one bar (an implementation detail of CandleBook)."""
 
@@ -155,11 +163,14 @@ class _Bar:
         self.count += b.count
         self.pv += b.pv
 
+    def __getnewargs__(self) -> tuple[int, int, int]:
+        return 0, 0, 0  # unpickled as _Bar(0, 0, 0), then set from the state
+
     def __getstate__(self) -> tuple[object, ...]:
-        return tuple(getattr(self, k) for k in self.__slots__)
+        return tuple(getattr(self, k) for k in _BAR_STATE)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
-        for k, v in zip(self.__slots__, state, strict=True):
+        for k, v in zip(_BAR_STATE, state, strict=True):
             setattr(self, k, v)
 
 
@@ -214,11 +225,14 @@ class CandleBook:
         self._last_vol = -1  # cumulative volume of the previous applied tick; -1: none yet
         self._last_day = -1
 
+    def __getnewargs__(self) -> tuple[str]:
+        return (self.instrument,)  # unpickled as CandleBook(instrument), then set from the state
+
     def __getstate__(self) -> tuple[object, ...]:
-        return tuple(getattr(self, k) for k in self.__slots__)
+        return tuple(getattr(self, k) for k in _BOOK_STATE)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
-        for k, v in zip(self.__slots__, state, strict=True):
+        for k, v in zip(_BOOK_STATE, state, strict=True):
             setattr(self, k, v)
 
     # ------------------------------------------------------------------ ticks

@@ -13,12 +13,13 @@ agree with ``talib.SMA``/``EMA``/``WMA``/``DEMA``/``TEMA`` from TA-Lib's first o
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from operators.indicators.indicator import NAN, REGISTRY, Param, PriceIndicator, check_period
 
 __all__ = ["Dema", "Ema", "Sma", "Tema", "Wma"]
 
 
-@REGISTRY.register("sma", Param("period", int))
 class Sma(PriceIndicator):
     """Simple moving average (``talib.SMA``), running sum like TA-Lib's.
 
@@ -30,6 +31,7 @@ class Sma(PriceIndicator):
     """
 
     __slots__ = ("_buf", "_count", "_i", "_sum", "period")
+    blank = (2,)
 
     def __init__(self, period: int) -> None:
         super().__init__(warmup=check_period("period", period))
@@ -61,7 +63,9 @@ class Sma(PriceIndicator):
         self._sum = s - buf[i]
 
 
-@REGISTRY.register("ema", Param("period", int))
+REGISTRY.register("sma", Param("period", int))(Sma)
+
+
 class Ema(PriceIndicator):
     """Exponential moving average (``talib.EMA``): seeded with the SMA of the first ``period`` values.
 
@@ -73,6 +77,7 @@ class Ema(PriceIndicator):
     """
 
     __slots__ = ("_count", "_sum", "k", "period")
+    blank = (2,)
 
     def __init__(self, period: int) -> None:
         super().__init__(warmup=check_period("period", period, 2))
@@ -93,7 +98,9 @@ class Ema(PriceIndicator):
             self.ready = True
 
 
-@REGISTRY.register("wma", Param("period", int))
+REGISTRY.register("ema", Param("period", int))(Ema)
+
+
 class Wma(PriceIndicator):
     """Linearly weighted moving average (``talib.WMA``), with TA-Lib's running weighted sum.
 
@@ -108,6 +115,7 @@ class Wma(PriceIndicator):
     """
 
     __slots__ = ("_bars", "_buf", "_count", "_i", "_sub", "_total", "_trail", "divider", "period")
+    blank = (2,)
 
     def __init__(self, period: int) -> None:
         super().__init__(warmup=check_period("period", period, 2))
@@ -156,10 +164,14 @@ class Wma(PriceIndicator):
         self._sub = sub
 
 
+REGISTRY.register("wma", Param("period", int))(Wma)
+
+
 class _Chain(PriceIndicator):
     """``depth`` EMAs in a chain, each seeded with the SMA of the previous one's first outputs."""
 
     __slots__ = ("_count", "_emas", "_sums", "k", "period")
+    blank: ClassVar[tuple[int, ...]] = (2, 1)
 
     def __init__(self, period: int, depth: int) -> None:
         check_period("period", period, 2)
@@ -194,7 +206,6 @@ class _Chain(PriceIndicator):
         return True
 
 
-@REGISTRY.register("dema", Param("period", int))
 class Dema(_Chain):
     """Double EMA ``2*EMA - EMA(EMA)`` (``talib.DEMA``).
 
@@ -206,6 +217,7 @@ class Dema(_Chain):
     """
 
     __slots__ = ()
+    blank = (2,)
 
     def __init__(self, period: int) -> None:
         super().__init__(period, 2)
@@ -226,7 +238,9 @@ class Dema(_Chain):
             self.value = (2.0 * e1) - e2
 
 
-@REGISTRY.register("tema", Param("period", int))
+REGISTRY.register("dema", Param("period", int))(Dema)
+
+
 class Tema(_Chain):
     """Triple EMA ``3*EMA - 3*EMA(EMA) + EMA(EMA(EMA))`` (``talib.TEMA``).
 
@@ -238,6 +252,7 @@ class Tema(_Chain):
     """
 
     __slots__ = ()
+    blank = (2,)
 
     def __init__(self, period: int) -> None:
         super().__init__(period, 3)
@@ -258,3 +273,6 @@ class Tema(_Chain):
             self.ready = True
             e1, e2, e3 = self._emas
             self.value = e3 + ((3.0 * e1) - (3.0 * e2))
+
+
+REGISTRY.register("tema", Param("period", int))(Tema)

@@ -141,8 +141,8 @@ class IndicatorSet:
                 new[key] = ind
         if not new:
             return ()
-        warm = IndicatorSet.__new__(IndicatorSet)
-        warm.specs, warm.indicators = (), new
+        warm = IndicatorSet(())
+        warm.indicators = new
         warm._wire()
         for bar in history:
             warm.on_bar(*bar)
@@ -153,6 +153,9 @@ class IndicatorSet:
 
     def __getstate__(self) -> tuple[tuple[str, ...], dict[str, Indicator]]:
         return self.specs, self.indicators
+
+    def __getnewargs__(self) -> tuple[tuple[str, ...]]:
+        return ((),)  # unpickled as IndicatorSet(()), then set from the state (see operators.state)
 
     def __setstate__(self, state: tuple[tuple[str, ...], dict[str, Indicator]]) -> None:
         self.specs, self.indicators = state

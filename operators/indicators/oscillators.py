@@ -30,7 +30,6 @@ def _fast_k(close: float, highest: float, lowest: float) -> float:
     return ((close - lowest) / rng) * 100.0
 
 
-@REGISTRY.register("rsi", Param("period", int, 14))
 class Rsi(PriceIndicator):
     """Wilder's RSI (``talib.RSI``): seeded with plain averages of the first ``period`` changes.
 
@@ -82,7 +81,9 @@ class Rsi(PriceIndicator):
         self.value = 100.0 * (gain / s) if s > 0.0 else 0.0
 
 
-@REGISTRY.register("macd", Param("fast", int, 12), Param("slow", int, 26), Param("signal", int, 9))
+REGISTRY.register("rsi", Param("period", int, 14))(Rsi)
+
+
 class Macd(PriceIndicator):
     """MACD line, signal and histogram (``talib.MACD``); ``value`` is the MACD line.
 
@@ -164,7 +165,9 @@ class Macd(PriceIndicator):
         self.hist = m - g
 
 
-@REGISTRY.register("roc", Param("period", int, 10))
+REGISTRY.register("macd", Param("fast", int, 12), Param("slow", int, 26), Param("signal", int, 9))(Macd)
+
+
 class Roc(PriceIndicator):
     """Rate of change in percent, ``(x / x[-period] - 1) * 100`` (``talib.ROC``).
 
@@ -199,7 +202,9 @@ class Roc(PriceIndicator):
         self.value = ((x / old) - 1.0) * 100.0 if old != 0.0 else 0.0
 
 
-@REGISTRY.register("cci", Param("period", int, 14))
+REGISTRY.register("roc", Param("period", int, 10))(Roc)
+
+
 class Cci(Indicator):
     """Commodity Channel Index on the typical price ``(H+L+C)/3`` (``talib.CCI``).
 
@@ -249,7 +254,9 @@ class Cci(Indicator):
         self.value = 0.0 if abs(diff) <= scale or abs(dev) <= scale else diff / (0.015 * dev)
 
 
-@REGISTRY.register("willr", Param("period", int, 14))
+REGISTRY.register("cci", Param("period", int, 14))(Cci)
+
+
 class WilliamsR(Indicator):
     """Williams %R in [-100, 0] (``talib.WILLR``); 0 when the window's high equals its low.
 
@@ -283,7 +290,9 @@ class WilliamsR(Indicator):
         self.value = 0.0 if flat else ((highest - close) / rng) * -100.0
 
 
-@REGISTRY.register("stoch", Param("fastk", int, 5), Param("slowk", int, 3), Param("slowd", int, 3))
+REGISTRY.register("willr", Param("period", int, 14))(WilliamsR)
+
+
 class Stochastic(Indicator):
     """Slow stochastic %K/%D (``talib.STOCH`` with SMA smoothing); ``value`` is %K.
 
@@ -333,7 +342,9 @@ class Stochastic(Indicator):
             self.d = sd.value
 
 
-@REGISTRY.register("stochrsi", Param("period", int, 14), Param("fastk", int, 5), Param("fastd", int, 3))
+REGISTRY.register("stoch", Param("fastk", int, 5), Param("slowk", int, 3), Param("slowd", int, 3))(Stochastic)
+
+
 class StochasticRsi(PriceIndicator):
     """Fast stochastic of RSI (``talib.STOCHRSI`` with SMA %D); ``value`` is %K.
 
@@ -381,3 +392,6 @@ class StochasticRsi(PriceIndicator):
             self.ready = True
             self.value = self.k = k
             self.d = sd.value
+
+
+REGISTRY.register("stochrsi", Param("period", int, 14), Param("fastk", int, 5), Param("fastd", int, 3))(StochasticRsi)

@@ -21,7 +21,6 @@ __all__ = ["Adx", "ParabolicSar", "SuperTrend"]
 _ZERO = 1e-14  # TA-Lib TA_EPSILON (TA_IS_ZERO band) as in the TA-Lib C library tested against (0.8.1)
 
 
-@REGISTRY.register("adx", Param("period", int, 14))
 class Adx(Indicator):
     """Average directional index with +DI and -DI (``talib.ADX``, ``PLUS_DI``, ``MINUS_DI``).
 
@@ -125,7 +124,9 @@ class Adx(Indicator):
         self.minus_di = mdi
 
 
-@REGISTRY.register("supertrend", Param("period", int, 10), Param("multiplier", float, 3.0))
+REGISTRY.register("adx", Param("period", int, 14))(Adx)
+
+
 class SuperTrend(Indicator):
     """SuperTrend on ``hl2 ± multiplier × ATR(period)``; ``direction`` is +1 (up) or -1 (down).
 
@@ -195,7 +196,9 @@ class SuperTrend(Indicator):
         self.value = lower if d > 0.0 else upper
 
 
-@REGISTRY.register("sar", Param("acceleration", float, 0.02), Param("maximum", float, 0.2))
+REGISTRY.register("supertrend", Param("period", int, 10), Param("multiplier", float, 3.0))(SuperTrend)
+
+
 class ParabolicSar(Indicator):
     """Wilder's Parabolic SAR (``talib.SAR``), including TA-Lib's start-up rule.
 
@@ -301,3 +304,6 @@ class ParabolicSar(Indicator):
         self._sar = sar
         self._ep = ep
         self._af = af
+
+
+REGISTRY.register("sar", Param("acceleration", float, 0.02), Param("maximum", float, 0.2))(ParabolicSar)

@@ -26,7 +26,6 @@ from operators.indicators.windows import RollingExtremes
 __all__ = ["Atr", "BollingerBands", "DonchianChannel", "KeltnerChannel"]
 
 
-@REGISTRY.register("atr", Param("period", int, 14))
 class Atr(Indicator):
     """Average true range with Wilder smoothing (``talib.ATR``).
 
@@ -75,7 +74,9 @@ class Atr(Indicator):
             self.ready = True
 
 
-@REGISTRY.register("bbands", Param("period", int, 20), Param("nbdev", float, 2.0))
+REGISTRY.register("atr", Param("period", int, 14))(Atr)
+
+
 class BollingerBands(PriceIndicator):
     """Bollinger Bands: SMA ± ``nbdev`` population standard deviations (``talib.BBANDS``, matype SMA).
 
@@ -180,7 +181,9 @@ class BollingerBands(PriceIndicator):
         self.lower = mid - sd * self.nbdevdn
 
 
-@REGISTRY.register("donchian", Param("period", int, 20))
+REGISTRY.register("bbands", Param("period", int, 20), Param("nbdev", float, 2.0))(BollingerBands)
+
+
 class DonchianChannel(Indicator):
     """Highest high, lowest low and their midpoint over ``period`` bars; ``value`` is the middle.
 
@@ -218,7 +221,9 @@ class DonchianChannel(Indicator):
         self.value = self.middle = (hi + lo) / 2.0
 
 
-@REGISTRY.register("keltner", Param("period", int, 20), Param("multiplier", float, 2.0), Param("atr_period", int, 10))
+REGISTRY.register("donchian", Param("period", int, 20))(DonchianChannel)
+
+
 class KeltnerChannel(Indicator):
     """EMA(close, ``period``) ± ``multiplier`` × ATR(``atr_period``); ``value`` is the middle.
 
@@ -261,3 +266,8 @@ class KeltnerChannel(Indicator):
         self.value = self.middle = mid
         self.upper = mid + band
         self.lower = mid - band
+
+
+REGISTRY.register("keltner", Param("period", int, 20), Param("multiplier", float, 2.0), Param("atr_period", int, 10))(
+    KeltnerChannel
+)

@@ -16,7 +16,6 @@ __all__ = ["Mfi", "Obv", "SessionVwap"]
 _EPSILON = 1e-14  # TA-Lib TA_EPSILON, as in the TA-Lib C library tested against (0.8.1)
 
 
-@REGISTRY.register("obv")
 class Obv(Indicator):
     """On-balance volume (``talib.OBV``): starts at the first bar's volume.
 
@@ -43,7 +42,9 @@ class Obv(Indicator):
             self.value = volume
 
 
-@REGISTRY.register("mfi", Param("period", int, 14))
+REGISTRY.register("obv")(Obv)
+
+
 class Mfi(Indicator):
     """Money flow index on the typical price ``(H+L+C)/3`` (``talib.MFI`` of TA-Lib 0.8).
 
@@ -125,7 +126,9 @@ class Mfi(Indicator):
         self.value = 100.0 * (possum / total)
 
 
-@REGISTRY.register("vwap")
+REGISTRY.register("mfi", Param("period", int, 14))(Mfi)
+
+
 class SessionVwap(Indicator):
     """Volume-weighted average of the typical price ``(H+L+C)/3`` since the session began.
 
@@ -170,3 +173,6 @@ class SessionVwap(Indicator):
         self._vol = vol
         self.value = pv / vol if vol > 0.0 else tp
         self.ready = True
+
+
+REGISTRY.register("vwap")(SessionVwap)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections import deque
 
 from operators.indicators.indicator import NAN
+from operators.state import PickleByAttributes
 
 __all__ = ["RollingExtremes"]
 
 
-class RollingExtremes:
+class RollingExtremes(PickleByAttributes):
     """Highest ``high`` and lowest ``low`` of the last ``period`` pushes.
 
     Each push is amortised O(1): a value is appended once and popped at most once. NaN
@@ -29,6 +30,7 @@ class RollingExtremes:
     """
 
     __slots__ = ("_highs", "_lows", "count", "full", "high", "low", "period")
+    blank = (1,)
 
     def __init__(self, period: int) -> None:
         self.period = period

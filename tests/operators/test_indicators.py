@@ -8,7 +8,6 @@ bars each. For every index where TA-Lib is defined the incremental value must ma
 
 from __future__ import annotations
 
-import doctest
 import math
 import pickle
 from collections.abc import Callable
@@ -26,15 +25,7 @@ from operators.indicators import (
     IndicatorSpecError,
     PriceIndicator,
     SessionVwap,
-    averages,
-    indicator,
-    indicator_set,
     make_indicator,
-    oscillators,
-    trend,
-    volatility,
-    volume,
-    windows,
 )
 
 N = 5_000
@@ -411,9 +402,5 @@ def test_indicator_set_keys_snapshot_and_sessions() -> None:
         IndicatorSet(["ema:9", "EMA:9"])
 
 
-@pytest.mark.parametrize(
-    "module", [ind_pkg, averages, indicator, indicator_set, oscillators, trend, volatility, volume, windows]
-)
-def test_docstring_examples_run(module: object) -> None:
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
-    assert result.attempted > 0 and result.failed == 0
+# The modules' docstring examples run against their sources in tests/operators/test_native.py
+# (compiled by `make native`, a module's doctests are not visible to doctest.testmod).
