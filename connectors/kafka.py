@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.settings import (
+    FETCH_QUEUE_BACKOFF_MS,
     KAFKA_FETCH_WAIT_MS,
     KAFKA_LINGER_MS,
     TANSU_FETCH_WAIT_MS,
@@ -102,6 +103,11 @@ class KafkaClientConfig:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": TANSU_FETCH_WAIT_MS if self.tansu else KAFKA_FETCH_WAIT_MS,
+            # Once the client holds queued.min.messages (100k) prefetched records, it stops
+            # fetching and, by default, looks again only after 1 s: a replay that drains the
+            # queue faster than that then waits for the broker. Reading a filled 8-partition
+            # topic of 422k ticks took 2.9 s, 2.4 s of it in such waits; 10 ms: 0.55 s.
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             "isolation.level": "read_uncommitted",
             "enable.partition.eof": True,
         }

@@ -36,6 +36,9 @@ TANSU_FETCH_WAIT_MS = 250
 # Redpanda/Kafka answer a waiting fetch as soon as data arrives: small linger, low latency.
 KAFKA_LINGER_MS = 5
 KAFKA_FETCH_WAIT_MS = 100
+# Either broker: how soon a client with a full prefetch queue fetches again (librdkafka's
+# default, 1000 ms, stalls replays; see connectors.kafka).
+FETCH_QUEUE_BACKOFF_MS = 10
 
 
 class ConfigError(Exception):
