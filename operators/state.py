@@ -6,7 +6,9 @@ created without running its ``__init__``, so Python's default pickling of slotte
 does not work for it. :class:`PickleByAttributes` gives a class one pickle format for both
 builds: the object is created from ``blank`` (any valid constructor arguments), then every
 attribute is set from ``{name: value}``. A Bytewax snapshot taken by one build therefore loads
-in the other.
+in the other. Snapshots taken before 2026-12-03 (by the sources, which pickled without
+constructor arguments) load in the source build only: a compiled class cannot be created
+without its ``__init__`` arguments, so restoring one of those needs ``make pure`` once.
 
 >>> class Point(PickleByAttributes):
 ...     __slots__ = ("x", "y")
@@ -69,6 +71,6 @@ class PickleByAttributes:
 
     def __setstate__(self, state: dict[str, Any] | tuple[None, dict[str, Any]]) -> None:
         # (None, {slot: value}) is Python's own format for slotted objects, which snapshots
-        # taken before this class existed (2026-12-03) hold.
+        # taken by the sources before this class existed (2026-12-03) hold.
         for k, v in (state[1] if isinstance(state, tuple) else state).items():
             setattr(self, k, v)
