@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _check_compiled() -> None:
-    here = Path(__file__).parent
-    for so in here.rglob("*.so"):
+def check_compiled(package: Path) -> None:
+    """Raise ImportError if a compiled module under ``package`` is older than its source."""
+    for so in package.rglob("*.so"):
         source = so.with_name(so.name.split(".", 1)[0] + ".py")
         if source.exists() and source.stat().st_mtime > so.stat().st_mtime:
-            root = here.parent
+            root = package.parent
             msg = (
                 f"{source.relative_to(root)} changed after it was compiled to {so.relative_to(root)}, which Python "
                 "would import instead: run `make native` to compile it again, or `make pure` to run the sources"
@@ -25,4 +25,4 @@ def _check_compiled() -> None:
             raise ImportError(msg)
 
 
-_check_compiled()
+check_compiled(Path(__file__).parent)

@@ -9,6 +9,7 @@ their doctests, and the promise of :mod:`operators.state` that a snapshot taken 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import operators.candles
+from operators import check_compiled
 from operators.candles import CandleBook
 from operators.indicators import IndicatorSet
 from schemas.market import Candle, Tick
@@ -149,6 +151,22 @@ def test_a_snapshot_taken_by_one_build_carries_on_identically_in_the_other(tmp_p
     assert json.loads(out.stdout) == json.loads(json.dumps(expected))
     theirs = pickle.loads((tmp_path / "theirs.pkl").read_bytes())
     assert _feed(theirs, BARS[HALF_BARS:], TICKS[HALF_TICKS:]) == expected
+
+
+def test_a_compiled_module_older_than_its_source_stops_the_import(tmp_path: Path) -> None:
+    pkg = tmp_path / "operators"
+    (pkg / "indicators").mkdir(parents=True)
+    source, so = pkg / "indicators" / "ema.py", pkg / "indicators" / "ema.cpython-311-x86_64-linux-gnu.so"
+    shared = pkg / "native__mypyc.cpython-311-x86_64-linux-gnu.so"  # no source of its own: never stale
+    for f in (source, so, shared):
+        f.write_bytes(b"")
+    os.utime(source, (1_000, 1_000))
+    os.utime(so, (2_000, 2_000))
+    os.utime(shared, (0, 0))
+    check_compiled(pkg)  # compiled after its source was last changed
+    os.utime(source, (3_000, 3_000))
+    with pytest.raises(ImportError, match=r"operators/indicators/ema.py changed after it was compiled.*make native"):
+        check_compiled(pkg)
 
 
 def test_this_process_runs_the_build_make_chose() -> None:
