@@ -392,9 +392,7 @@ def _results(
     candles = market.kind == "candles"
     step = parse_timeframe(market.timeframe).ns if candles and market.timeframe else _MINUTE
     prices = [(e.ts_event, e.instrument, e.close if candles else e.ltp) for e in market.events]
-    last: dict[str, tuple[int, float]] = {}
-    for ts, sym, px in prices:
-        last[sym] = (ts, px)
+    last = {sym: (ts, px) for ts, sym, px in prices}  # each instrument's last price
     trades = round_trips(fills, last)
     curves: Curves = equity_curves(fills, prices, spec.capital, step)
     periods = SESSIONS_PER_YEAR * max(1, SESSION_NS // step)
@@ -414,7 +412,7 @@ def _results(
             "rows": len(market.events),
             "skipped": market.report.skipped,
             "skipped_examples": market.report.errors,
-            "instruments": len({e.instrument for e in market.events}),
+            "instruments": len(last),
             "from": _iso(market.events[0].open_time if candles else market.events[0].ts_event),
             "to": _iso(market.events[-1].ts_event),
         },
