@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The per-tick modules (candles, indicators), compiled to C extensions by mypyc from the same
 # sources: 3-10x faster indicator updates, +35-40% ticks/s through the analytics pipeline
-# (tests/bench). Python imports a compiled module in place of its source; where nothing
+# (spec pipeline replay, interleaved with the sources). Python imports a compiled module in place of its source; where nothing
 # compiles (no C compiler) the sources run as they are and only speed differs. A source
 # edited after compiling stops `import operators` with a message until `make native` runs
 # again (or `make pure` removes the compiled modules).

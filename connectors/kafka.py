@@ -106,7 +106,7 @@ class KafkaClientConfig:
             # Once the client holds queued.min.messages (100k) prefetched records, it stops
             # fetching and, by default, looks again only after 1 s: a replay that drains the
             # queue faster than that then waits for the broker. Reading a filled 8-partition
-            # topic of 422k ticks took 2.9 s, 2.4 s of it in such waits; 10 ms: 0.55 s.
+            # topic of 422k ticks took 2.5 s, about 2 s of it in such waits; 10 ms: 0.53 s.
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             "isolation.level": "read_uncommitted",
             "enable.partition.eof": True,

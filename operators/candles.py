@@ -117,8 +117,8 @@ def session_bounds(ts: int) -> tuple[int, int]:
     return day + SESSION_OPEN_NS, day + SESSION_CLOSE_NS
 
 
-# What a snapshot holds of a bar and of a book: their attributes' values in this order (the
-# classes' __slots__, which a class compiled by mypyc no longer has at run time).
+# The attributes of a bar and of a book: their __slots__, and what a snapshot holds, in this
+# order (a class compiled by mypyc has no __slots__ at run time, so pickling reads these).
 _BAR_STATE = ("close", "close_at", "count", "end", "first_ts", "high", "last_ts", "low", "oi", "open", "open_time",
               "pv", "volume")  # fmt: skip
 _BOOK_STATE = ("_bars", "_children", "_floor", "_last_day", "_last_partial", "_last_seq", "_last_vol", "_parent",
@@ -128,21 +128,7 @@ _BOOK_STATE = ("_bars", "_children", "_floor", "_last_day", "_last_partial", "_l
 class _Bar:
     """Mutable accumulator of one bar (an implementation detail of CandleBook)."""
 
-    __slots__ = (
-        "close",
-        "close_at",
-        "count",
-        "end",
-        "first_ts",
-        "high",
-        "last_ts",
-        "low",
-        "oi",
-        "open",
-        "open_time",
-        "pv",
-        "volume",
-    )
+    __slots__ = _BAR_STATE
 
     def __init__(self, open_time: int, end: int, close_at: int) -> None:
         self.open_time, self.end, self.close_at = open_time, end, close_at
@@ -177,20 +163,7 @@ class _Bar:
 class CandleBook:
     """Every timeframe of one instrument (see the module docstring for the rules)."""
 
-    __slots__ = (
-        "_bars",
-        "_children",
-        "_floor",
-        "_last_day",
-        "_last_partial",
-        "_last_seq",
-        "_last_vol",
-        "_parent",
-        "_partial_every",
-        "_partial_idx",
-        "instrument",
-        "timeframes",
-    )
+    __slots__ = _BOOK_STATE
 
     def __init__(
         self,

@@ -13,8 +13,6 @@ agree with ``talib.SMA``/``EMA``/``WMA``/``DEMA``/``TEMA`` from TA-Lib's first o
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from operators.indicators.indicator import NAN, REGISTRY, Param, PriceIndicator, check_period
 
 __all__ = ["Dema", "Ema", "Sma", "Tema", "Wma"]
@@ -171,7 +169,6 @@ class _Chain(PriceIndicator):
     """``depth`` EMAs in a chain, each seeded with the SMA of the previous one's first outputs."""
 
     __slots__ = ("_count", "_emas", "_sums", "k", "period")
-    blank: ClassVar[tuple[int, ...]] = (2, 1)
 
     def __init__(self, period: int, depth: int) -> None:
         check_period("period", period, 2)
