@@ -386,7 +386,6 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    parsed: Any = None  # the value as the source decoded it (:class:`OrderedSource`), None if it did not
 
 
 HEARTBEAT = Record("", -1, -1, None, None)  # emitted while idle so time-bounded sinks can flush
@@ -456,18 +455,19 @@ class _MergeState(NamedTuple):
     highs: dict[int, int]  # partition -> running maximum of event time at that point
 
 
-class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
+class _MergedPartition(StatefulSourcePartition[Any, _MergeState]):
     """Every partition of one topic, merged into event-time order (see :class:`OrderedSource`).
 
-    Each partition's buffer holds its records in log order with their merge times in a
-    parallel list; the merge time is the partition's running maximum of event time, so every
-    buffer is sorted by it. A merge takes each buffer's ready prefix (found by bisection) in
-    partition order and sorts the lot stably by merge time alone: ties fall to partition,
-    then offset. Times and records stay in parallel lists, never paired in tuples: a tuple
-    per record in flight is an object the collector walks (tens of thousands per young
-    collection). Merged records wait in ``_merged`` and leave at most ``batch_size`` per
-    batch, so the size of what the flow processes at once (which bounds live latency) does
-    not limit how much is read per fetch (which bounds throughput).
+    Each partition's buffer holds its items in log order with two parallel lists: their merge
+    times and their sources (``offset << 16 | partition``, for the resume state). The merge
+    time is the partition's running maximum of event time, so every buffer is sorted by it.
+    A merge takes each buffer's ready prefix (found by bisection) in partition order and
+    sorts the lot stably by merge time alone: ties fall to partition, then offset. Items,
+    times and sources stay in parallel lists, never paired in tuples: a tuple per record in
+    flight is an object the collector walks (tens of thousands per young collection), while
+    ints are not tracked. Merged items wait in ``_merged`` and leave at most ``batch_size``
+    per batch, so the size of what the flow processes at once (which bounds live latency)
+    does not limit how much is read per fetch (which bounds throughput).
     """
 
     FETCH_MAX = 5000  # most messages taken from the client per call
@@ -481,26 +481,33 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
     BUSY_WAIT_S = 0.005
     BEHIND_LOG_S = 2.0
     CATCHUP_BATCH = 5000
+    _PART_BITS = 16  # a source is offset << 16 | partition
+    _PART_MASK = (1 << _PART_BITS) - 1
 
     def __init__(
         self,
         conf: dict[str, Any],
         topic: str,
         offsets: dict[int, int],
-        parse: Callable[[bytes], tuple[int, Any]],
+        parse: Callable[[bytes, int, int], tuple[int, Any]],
         batch_size: int,
         tail: bool,
         idle_s: float,
         highs: dict[int, int],
     ) -> None:
+        if offsets and max(offsets) > self._PART_MASK:
+            msg = f"{topic}: partition {max(offsets)} is beyond what the merge can track ({self._PART_MASK})"
+            raise ValueError(msg)
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
         self._topic, self._offsets, self._parse, self._batch_size = topic, dict(offsets), parse, batch_size
         self._tail = tail
-        self._buffers: dict[int, list[Record]] = {p: [] for p in sorted(offsets)}
+        self._buffers: dict[int, list[Any]] = {p: [] for p in sorted(offsets)}
         self._buffer_ts: dict[int, list[int]] = {p: [] for p in sorted(offsets)}  # merge times
-        self._merged: list[Record] = []  # merged, in emission order, from _next on
+        self._buffer_src: dict[int, list[int]] = {p: [] for p in sorted(offsets)}  # offset << 16 | partition
+        self._merged: list[Any] = []  # merged, in emission order, from _next on
         self._merged_ts: list[int] = []
+        self._merged_src: list[int] = []
         self._next = 0
         self._fetched: deque[tuple[int, float]] = deque()  # (end index in _merged, monotonic time merged)
         self._catching_up = False
@@ -512,7 +519,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         self._counter = CONSUMED.labels(topic)
         self._lag_due = 0.0
 
-    def next_batch(self) -> list[Record]:
+    def next_batch(self) -> list[Any]:
         if STOP.is_set():
             raise StopIteration
         if self._tail and time.monotonic() >= self._lag_due:
@@ -544,38 +551,41 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
             if not self._tail and len(self._at_end) == len(self._buffers) and not any(self._buffers.values()):
                 raise StopIteration
             return []
-        chunk = merged[first : first + size]
-        times = self._merged_ts[first : first + size]
+        end = first + size
+        chunk = merged[first:end]
+        times = self._merged_ts[first:end]
+        sources = self._merged_src[first:end]
         if self._tail:
             while fetched[0][0] <= first:
                 fetched.popleft()
             SOURCE_WAIT.observe(time.monotonic() - fetched[0][1])
-        if first + size >= len(merged):
+        if end >= len(merged):
             merged.clear()
             self._merged_ts.clear()
+            self._merged_src.clear()
             self._fetched.clear()
             self._next = 0
         else:
-            self._next = first + size
+            self._next = end
         # Resume state: each partition's last emitted record, found from the end of the batch
         # (the scan stops once every partition is placed, not after every record).
-        offsets, emitted, placed = self._offsets, self._emitted, set()
-        for i in range(len(chunk) - 1, -1, -1):
-            rec = chunk[i]
-            if rec.partition not in placed:
-                placed.add(rec.partition)
-                offsets[rec.partition] = rec.offset + 1
-                emitted[rec.partition] = times[i]
+        offsets, emitted, placed, mask, bits = self._offsets, self._emitted, set(), self._PART_MASK, self._PART_BITS
+        for i in range(len(sources) - 1, -1, -1):
+            p = sources[i] & mask
+            if p not in placed:
+                placed.add(p)
+                offsets[p] = (sources[i] >> bits) + 1
+                emitted[p] = times[i]
                 if len(placed) == len(offsets):
                     break
         self._counter.inc(len(chunk))
         return chunk
 
     def _fetch(self, timeout: float) -> None:
-        """Read what the client has, buffer it per partition and move every record that is
-        safe to emit into ``_merged``."""
-        buffers, buffer_ts, parse, at_end, highs = self._buffers, self._buffer_ts, self._parse, self._at_end, self._highs
-        topic, new = self._topic, tuple.__new__
+        """Read what the client has, parse and buffer it per partition and move every item
+        that is safe to emit into ``_merged``."""
+        buffers, buffer_ts, buffer_src = self._buffers, self._buffer_ts, self._buffer_src
+        parse, at_end, highs, bits = self._parse, self._at_end, self._highs, self._PART_BITS
         for m in self._consumer.consume(self.FETCH_MAX, timeout):
             err, p = m.error(), m.partition()
             if err is not None:
@@ -586,16 +596,17 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
                     continue
                 msg = f"error consuming {self._topic}[{p}]: {err}"
                 raise KafkaUnavailable(msg)
-            value = m.value()
+            off = m.offset()
             # Merge on the partition's running maximum of event time, so a record older than
             # one before it (a late tick) keeps its place in the log, right after that one.
-            ts, parsed = parse(value or b"")
+            ts, item = parse(m.value() or b"", p, off)
             high = highs.get(p)
             if high is not None and ts < high:
                 ts = high
             highs[p] = ts
-            buffers[p].append(new(Record, (topic, p, m.offset(), m.key(), value, parsed)))
+            buffers[p].append(item)
             buffer_ts[p].append(ts)
+            buffer_src[p].append(off << bits | p)
             at_end.discard(p)
         # Every record not newer than the newest record seen on each partition that may still
         # deliver something is safe to emit: whatever that partition delivers next is at least
@@ -616,35 +627,37 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
                 last = highs[p]
             if bound is None or last < bound:
                 bound = last
-        ready: list[Record] = []
+        ready: list[Any] = []
         ready_ts: list[int] = []
+        ready_src: list[int] = []
         for p, tss in buffer_ts.items():
             if not tss:
                 continue
             cut = len(tss) if bound is None or tss[-1] <= bound else bisect_right(tss, bound)
             if cut:
-                buf = buffers[p]
+                buf, src = buffers[p], buffer_src[p]
                 ready += buf[:cut]
                 ready_ts += tss[:cut]
-                del buf[:cut], tss[:cut]
+                ready_src += src[:cut]
+                del buf[:cut], tss[:cut], src[:cut]
         if ready:
             # Stable: equal times stay in (partition, offset) order. Positions are plain ints,
             # which the collector does not track.
             order = sorted(range(len(ready_ts)), key=ready_ts.__getitem__)
             self._merged += [ready[i] for i in order]
             self._merged_ts += [ready_ts[i] for i in order]
+            self._merged_src += [ready_src[i] for i in order]
             self._fetched.append((len(self._merged), time.monotonic()))
 
     def _read_to(self, p: int) -> int:
         """The offset after the last record of partition ``p`` read so far (emitted or not)."""
-        buf = self._buffers[p]
-        if buf:
-            return buf[-1].offset + 1
-        merged = self._merged
+        src = self._buffer_src[p]
+        if src:
+            return (src[-1] >> self._PART_BITS) + 1
+        merged, mask = self._merged_src, self._PART_MASK
         for i in range(len(merged) - 1, self._next - 1, -1):
-            rec = merged[i]
-            if rec.partition == p:
-                return rec.offset + 1
+            if merged[i] & mask == p:
+                return (merged[i] >> self._PART_BITS) + 1
         return self._offsets[p]
 
     def next_awake(self) -> datetime | None:
@@ -661,7 +674,7 @@ class _MergedPartition(StatefulSourcePartition[Record, _MergeState]):
         self._consumer.close()
 
 
-class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
+class OrderedSource(FixedPartitionedSource[Any, _MergeState]):
     """One topic in event-time order, across all its partitions (one Bytewax partition).
 
     Independent partitions are read at independent speeds, so a plain consumer interleaves
@@ -682,17 +695,18 @@ class OrderedSource(FixedPartitionedSource[Record, _MergeState]):
     (the flow is busy or behind), a batch takes every record there is, up to 5000 (or
     ``batch_size`` if larger), until the queue is empty again.
 
-    ``parse(value)`` gives a record's event time and its decoded value, which the record
-    carries on as ``parsed`` (None: the flow decodes ``value`` itself, e.g. to say why it
-    cannot). The merge needs every record's time; decoding it once here spares the flow a
-    second pass over the bytes.
+    ``parse(value, partition, offset)`` gives a record's event time and the item the source
+    emits for it (for the market input: ``(instrument, tick)``, or a rejection saying why the
+    record cannot be one). The merge needs every record's time, so the record is decoded
+    here, once, and the flow gets its items without a :class:`Record` or a decode step
+    between: about 1 µs per record less.
     """
 
     def __init__(
         self,
         client: KafkaClientConfig,
         topic: str,
-        parse: Callable[[bytes], tuple[int, Any]],
+        parse: Callable[[bytes, int, int], tuple[int, Any]],
         *,
         start: Mapping[tuple[str, int], int] | None = None,
         tail: bool = False,

@@ -109,8 +109,8 @@ def build(
     flow = Dataflow("live")
     # A candle-only replay reads bars; ``source`` names another topic with the input (shared by runs).
     ticks_topic = source or catalog.name("md.ticks" if cfg.bars is None else "md.candles")
-    parse = market_parser(Tick if cfg.bars is None else Candle)
-    ticks = op.input("md", flow, OrderedSource(client, ticks_topic, parse, start=start, tail=tail, batch_size=batch_size))
+    parse = market_parser(Tick if cfg.bars is None else Candle, ticks_topic, cfg.bars)
+    market = op.input("md", flow, OrderedSource(client, ticks_topic, parse, start=start, tail=tail, batch_size=batch_size))
     strategy_cmds: Stream[tuple[str, Any]] | None = None
     desk_cmds: Stream[Any] | None = None
     dlq: Stream[Any] | None = None
@@ -122,7 +122,7 @@ def build(
         bad = op.branch("command_ok", decoded, lambda v: type(v) is not tuple)
         dlq = bad.falses
         strategy_cmds, desk_cmds = strategy_commands(bad.trues, universe)
-    streams = build_market(ticks, universe, catalog, cfg, strategy_cmds)
+    streams = build_market(market, universe, catalog, cfg, strategy_cmds)
     outputs = [streams.records]
     if trading is not None:
         if cfg.clock is not None and trading.published is None:

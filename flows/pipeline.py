@@ -31,7 +31,7 @@ import msgspec
 from bytewax.dataflow import Stream
 from prometheus_client import Counter, Histogram
 
-from connectors.kafka import HEARTBEAT, Record
+from connectors.kafka import Record
 from operators.analytics import AnalyticsConfig, InstrumentAnalytics
 from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION, parse_timeframes, session_bounds
 from operators.market_summary import MarketSummaryBook
@@ -212,69 +212,60 @@ class Reject(NamedTuple):
 _DECODE: dict[type, Callable[[bytes], Any]] = {t: msgspec.json.Decoder(t).decode for t in (Tick, Candle)}
 
 
-def market_parser(value_type: type[Tick | Candle]) -> Callable[[bytes], tuple[int, Tick | Candle | None]]:
-    """The market source's ``parse`` (:class:`OrderedSource`): a tick's (or bar's) event time
-    and the decoded value, which the decode step (:func:`_record_decoder`) takes over."""
+def market_parser(
+    value_type: type[Tick | Candle], topic: str, timeframe: str | None = None
+) -> Callable[[bytes, int, int], tuple[int, tuple[str, Any]]]:
+    """The market source's ``parse`` (:class:`OrderedSource`): a record of ``topic`` at
+    ``partition``/``offset`` becomes its event time and the flow's item for it,
+    ``(instrument, value)``, or ``("", Reject)`` with the reason it cannot be one (merged
+    first, then dead-lettered). A candle input (``timeframe`` set) takes only closed bars
+    of that timeframe.
+
+    >>> from schemas.codec import encode
+    >>> c = Candle(instrument="NSE:INFY", timeframe="5m", open_time=0, ts_event=300, ts_init=300, open=10.0,
+    ...            high=12.0, low=9.0, close=11.0, volume=8, trade_count=1, vwap=10.5, oi=0, final=True)
+    >>> parse = market_parser(Candle, "bars", "1m")
+    >>> ts, (key, reject) = parse(encode(c), 0, 7)
+    >>> ts, key, reject.instrument, reject.detail
+    (300, '', 'NSE:INFY', 'bars[0]@7: expected a closed 1m candle, got a closed 5m one')
+    >>> parse(b"{not json", 0, 8)[1][1].detail[:25]
+    'cannot decode bars[0]@8: '
+    """
     decode = _DECODE[value_type]
 
-    def parse(value: bytes) -> tuple[int, Tick | Candle | None]:
+    def parse(value: bytes, partition: int, offset: int) -> tuple[int, tuple[str, Any]]:
         try:
             v = decode(value)
-        except msgspec.DecodeError:
-            return 0, None  # undecodable: merged first, and dead-lettered with its reason by the decode step
-        return v.ts_event, v
+        except msgspec.DecodeError as exc:
+            err = DecodeError(topic, partition, offset, str(exc))
+            return 0, ("", Reject(topic, None, RejectReason.MALFORMED, str(err), value))
+        return v.ts_event, (v.instrument, v)
 
-    return parse
+    if timeframe is None:
+        return parse
+
+    def parse_bar(value: bytes, partition: int, offset: int) -> tuple[int, tuple[str, Any]]:
+        ts, item = parse(value, partition, offset)
+        c = item[1]
+        if type(c) is not Candle or (c.timeframe == timeframe and c.final):
+            return ts, item
+        why = (
+            f"{topic}[{partition}]@{offset}: expected a closed {timeframe} candle, "
+            f"got {'a closed' if c.final else 'an open'} {c.timeframe} one"
+        )
+        return ts, ("", Reject(topic, c.instrument, RejectReason.MALFORMED, why, value, c.ts_event))
+
+    return parse_bar
 
 
-def _record_decoder(
-    value_type: type[Tick | Candle], check: Callable[[Record, Any], str | None] | None = None
-) -> Callable[[list[Record]], list[tuple[str, Any]]]:
-    """Decode records of ``value_type`` keyed by instrument (a record the source already
-    decoded, ``Record.parsed``, is taken as it is); an undecodable record - or one ``check``
-    refuses, with its reason - becomes a :class:`Reject` for the dead-letter topic."""
-    decode = _DECODE[value_type]
+def decode_records(parse: Callable[[bytes, int, int], tuple[int, Any]]) -> Callable[[list[Record]], list[Any]]:
+    """A ``flat_map_batch`` mapper giving ``parse``'s items for records of another source
+    (the market source parses as it reads; this is for flows fed by a :class:`RecordSource`)."""
 
-    def decode_batch(records: list[Record]) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        for rec in records:
-            if rec is HEARTBEAT or rec.partition < 0:
-                continue
-            v = rec.parsed
-            if type(v) is not value_type:
-                try:
-                    v = decode(rec.value or b"")
-                except msgspec.DecodeError as exc:
-                    err = DecodeError(rec.topic, rec.partition, rec.offset, str(exc))
-                    out.append(("", Reject(rec.topic, None, RejectReason.MALFORMED, str(err), rec.value or b"")))
-                    continue
-            if check is not None:
-                why = check(rec, v)
-                if why is not None:
-                    out.append(("", Reject(rec.topic, v.instrument, RejectReason.MALFORMED, why, rec.value or b"",
-                                           v.ts_event)))  # fmt: skip
-                    continue
-            out.append((v.instrument, v))
-        return out
+    def decode_batch(records: list[Record]) -> list[Any]:
+        return [parse(r.value or b"", r.partition, r.offset)[1] for r in records if r.partition >= 0]
 
     return decode_batch
-
-
-_decode_batch = _record_decoder(Tick)
-
-
-def _bar_decoder(timeframe: str) -> Callable[[list[Record]], list[tuple[str, Any]]]:
-    """Decode a candle input: closed candles of ``timeframe``; anything else is dead-lettered."""
-
-    def closed_bar(rec: Record, c: Candle) -> str | None:
-        if c.timeframe == timeframe and c.final:
-            return None
-        state = "a closed" if c.final else "an open"
-        return (
-            f"{rec.topic}[{rec.partition}]@{rec.offset}: expected a closed {timeframe} candle, got {state} {c.timeframe} one"
-        )
-
-    return _record_decoder(Candle, closed_bar)
 
 
 def bar_ticks(c: Candle) -> list[Tick]:
@@ -531,14 +522,15 @@ class MarketStreams:
 
 
 def build_market(
-    ticks: Stream[Record],
+    market: Stream[tuple[str, Any]],
     universe: Iterable[Instrument],
     catalog: TopicCatalog,
     cfg: PipelineConfig,
     commands: Stream[tuple[str, Any]] | None = None,
 ) -> MarketStreams:
     """Add the market-analytics steps (and, with ``cfg.strategies``, strategy evaluation) to the
-    flow that owns ``ticks`` (md.ticks records). ``commands`` are strategy commands keyed by
+    flow that owns ``market``: the items of :func:`market_parser` (``(instrument, tick)``, or
+    ``(instrument, candle)`` for a candle input, and ``("", Reject)``). ``commands`` are strategy commands keyed by
     instrument (see :func:`strategy_commands`)."""
     universe = list(universe)
     derivatives = {i.instrument for i in universe if i.instrument_type in _DERIVATIVES} if cfg.open_interest else set()
@@ -555,9 +547,8 @@ def build_market(
     acfg, clock, rec = cfg.analytics, cfg.clock, cfg.recovery
 
     bars = cfg.bars
-    decoded = op.flat_map_batch("decode", ticks, _decode_batch if bars is None else _bar_decoder(bars))
     market_type = Tick if bars is None else Candle
-    split = op.branch("decodable", decoded, lambda kv: type(kv[1]) is market_type)
+    split = op.branch("decodable", market, lambda kv: type(kv[1]) is market_type)
     valid: Stream[tuple[str, Tick]] = split.trues  # type: ignore[assignment]
 
     strat = cfg.strategies

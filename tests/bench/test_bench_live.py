@@ -28,9 +28,10 @@ from bytewax.testing import run_main
 from connectors.brokers.universe import build_universe
 from connectors.kafka import KafkaClientConfig, ProducerSink, RecordSource, create_topics, delete_topics
 from flows import ingest, live
-from flows.pipeline import PipelineConfig, _decode_batch
+from flows.pipeline import PipelineConfig, decode_records, market_parser
 from operators.analytics import AnalyticsConfig
 from schemas.codec import encode
+from schemas.market import Tick
 from schemas.topics import TopicCatalog, load_catalog
 from tests.bench.harness import measure
 
@@ -69,7 +70,7 @@ def _reset_outputs(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
 def _passthrough(kafka: KafkaClientConfig, catalog: TopicCatalog) -> Dataflow:
     flow = Dataflow("io_floor")
     recs = op.input("md", flow, RecordSource(kafka, [catalog.name("md.ticks")], tail=False))
-    ticks = op.flat_map_batch("decode", recs, _decode_batch)
+    ticks = op.flat_map_batch("decode", recs, decode_records(market_parser(Tick, catalog.name("md.ticks"))))
     out_topic = catalog.name("md.candles")
     records = op.map("encode", ticks, lambda kv: (out_topic, kv[0], encode(kv[1])))
     op.output("publish", records, ProducerSink(kafka.producer()))

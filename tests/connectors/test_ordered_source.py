@@ -17,17 +17,17 @@ def _ts(value: bytes) -> int:
     return int(json.loads(value)["ts"])
 
 
-def _parse(value: bytes) -> tuple[int, dict]:
-    """The source's ``parse``: the time to merge by, and the decoded value records carry on."""
-    v = json.loads(value)
-    return int(v["ts"]), v
+def _parse(value: bytes, partition: int, offset: int) -> tuple[int, tuple[int, int, int]]:
+    """The source's ``parse``: the time to merge by, and the item emitted for the record."""
+    ts = int(json.loads(value)["ts"])
+    return ts, (partition, offset, ts)
 
 
 def _run(kafka: KafkaClientConfig, topic: str, start: dict[tuple[str, int], int] | None = None) -> list[tuple]:
     out: list[tuple] = []
     flow = Dataflow("ordered")
     recs = op.input("in", flow, OrderedSource(kafka, topic, _parse, start=start, batch_size=3))
-    op.output("out", op.map("v", recs, lambda r: (r.partition, r.offset, r.parsed["ts"])), TestingSink(out))
+    op.output("out", recs, TestingSink(out))
     run_main(flow)
     return out
 
@@ -78,7 +78,7 @@ def test_a_resume_from_recovery_keeps_a_late_record_late(kafka: KafkaClientConfi
         out: list[tuple] = []
         flow = Dataflow("ordered_rec")
         recs = op.input("in", flow, OrderedSource(kafka, topic, _parse, batch_size=3))
-        op.output("out", op.map("v", recs, lambda r: _ts(r.value)), TestingSink(out))
+        op.output("out", op.map("v", recs, lambda r: r[2]), TestingSink(out))
         run_main(flow, recovery_config=recovery)
         return out
 
@@ -161,7 +161,7 @@ def test_batches_are_slices_of_the_merge_and_a_snapshot_resumes_after_the_last_e
     assert p.flush(10) == 0
 
     def key(r) -> tuple[int, int]:
-        return r.partition, r.offset
+        return r[0], r[1]
 
     whole = OrderedSource(kafka, topic, _parse, batch_size=5000)
     part = whole.build_part("in", whole.list_parts()[0], None)

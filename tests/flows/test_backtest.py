@@ -20,7 +20,7 @@ from connectors.kafka import KafkaClientConfig, existing_topics
 from flows.backtest import BacktestError, BacktestSpec, load_input, run_backtest, universe_for
 from operators.strategy_host import Deployment
 from schemas.codec import codec_for
-from schemas.market import InstrumentType
+from schemas.market import Candle, InstrumentType
 from schemas.orders import Fill, OrderIntent, OrderPurpose, OrderType, VenueRequest
 from strategies.registry import REGISTRY
 from tests.stubs import random_walk_candles, sim_ticks, write_candles_csv, write_ticks_csv
@@ -188,18 +188,18 @@ def test_the_cli_runs_a_backtest_and_reports_bad_input(kafka: KafkaClientConfig,
 def test_a_candle_input_dead_letters_what_is_not_a_closed_bar_of_its_timeframe() -> None:
     import msgspec
 
-    from connectors.kafka import Record
-    from flows.pipeline import Reject, _bar_decoder
+    from flows.pipeline import Reject, market_parser
     from schemas.codec import encode
 
     (bar,) = random_walk_candles(["NSE:AAA"], DAY, 1)
-    records = [Record("bars", 0, k, b"NSE:AAA", v) for k, v in enumerate([
-        encode(bar), encode(msgspec.structs.replace(bar, timeframe="5m")), encode(msgspec.structs.replace(bar, final=False)),
-        b"{not json"])]  # fmt: skip
-    out = _bar_decoder("1m")(records)
-    assert out[0] == ("NSE:AAA", bar)
-    rejects = [v for _k, v in out[1:]]
-    assert all(type(r) is Reject for r in rejects)
+    values = [encode(bar), encode(msgspec.structs.replace(bar, timeframe="5m")),
+              encode(msgspec.structs.replace(bar, final=False)), b"{not json"]  # fmt: skip
+    parse = market_parser(Candle, "bars", "1m")
+    out = [parse(v, 0, k) for k, v in enumerate(values)]
+    assert out[0] == (bar.ts_event, ("NSE:AAA", bar))
+    rejects = [v for _ts, (key, v) in out[1:] if key == ""]
+    assert len(rejects) == 3 and all(type(r) is Reject for r in rejects)
     assert "bars[0]@1: expected a closed 1m candle, got a closed 5m one" in rejects[0].detail
     assert "got an open 1m one" in rejects[1].detail and rejects[1].instrument == "NSE:AAA"
+    assert rejects[1].ts == bar.ts_event and rejects[1].payload == values[2]
     assert "cannot decode bars[0]@3" in rejects[2].detail and rejects[2].instrument is None
