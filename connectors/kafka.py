@@ -55,6 +55,12 @@ SOURCE_WAIT = Histogram(
     "(the flow is busy with earlier batches; on the embedded broker records arrive in bursts)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+SOURCE_FETCH = Histogram(
+    "ticktape_source_fetch_records",
+    "Live: records the ordered source took from the client per non-empty read - how bursty the broker's "
+    "delivery is (the embedded broker hands over a producer's whole lingered batch at once)",
+    buckets=(1, 5, 20, 50, 100, 250, 500, 1000, 2000, 5000),
+)
 
 
 def _report_lag(consumer: Consumer, topic: str, positions: dict[int, int]) -> None:
@@ -586,10 +592,13 @@ class _MergedPartition(StatefulSourcePartition[Any, _MergeState]):
         that is safe to emit into ``_merged``."""
         buffers, buffer_ts, buffer_src = self._buffers, self._buffer_ts, self._buffer_src
         parse, at_end, highs, bits = self._parse, self._at_end, self._highs, self._PART_BITS
-        for m in self._consumer.consume(self.FETCH_MAX, timeout):
+        messages = self._consumer.consume(self.FETCH_MAX, timeout)
+        events = 0  # partition-EOF events among the messages
+        for m in messages:
             err, p = m.error(), m.partition()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
+                    events += 1
                     if int(m.offset() or 0) >= self._read_to(p) and p not in at_end:
                         at_end.add(p)
                         self._end_since[p] = time.monotonic()
@@ -608,6 +617,8 @@ class _MergedPartition(StatefulSourcePartition[Any, _MergeState]):
             buffer_ts[p].append(ts)
             buffer_src[p].append(off << bits | p)
             at_end.discard(p)
+        if self._tail and len(messages) > events:
+            SOURCE_FETCH.observe(len(messages) - events)
         # Every record not newer than the newest record seen on each partition that may still
         # deliver something is safe to emit: whatever that partition delivers next is at least
         # that new. A partition at its end bounds nothing in a replay (it is finished); live it

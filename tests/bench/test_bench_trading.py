@@ -197,10 +197,12 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
         assert buckets and buckets[-1][1] > 50, "too few decisions to measure"
         consumed = _metric(metrics, "ticktape_kafka_consumed_total{")
         wait = _histogram(metrics, "ticktape_source_wait_seconds")
+        fetch = _histogram(metrics, "ticktape_source_fetch_records")
         stats = {"p50_ms": _quantile(buckets, 0.5) * 1e3, "p99_ms": _quantile(buckets, 0.99) * 1e3,
                  "decisions": buckets[-1][1], "rss_mib": rss_mib, "ticks_per_s": consumed / LIVE_WALL_S,
                  "source_wait_p50_ms": _quantile(wait, 0.5) * 1e3,
-                 "source_wait_p99_ms": _quantile(wait, 0.99) * 1e3}  # fmt: skip
+                 "source_wait_p99_ms": _quantile(wait, 0.99) * 1e3,
+                 "fetch_records_p50": _quantile(fetch, 0.5), "fetch_records_p90": _quantile(fetch, 0.9)}  # fmt: skip
         runs_stats.append(stats)
         return stats["p99_ms"], stats
 
@@ -219,7 +221,8 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
             "wall_s": LIVE_WALL_S,
             "measured": "candle-closing tick processed -> order intents emitted (ticktape_decision_to_intent_seconds)",
             "also_reported": "per run in extra.runs: the wait before processing, merged in the source but "
-            "not yet in the flow (ticktape_source_wait_seconds, oldest record of each batch)",
+            "not yet in the flow (ticktape_source_wait_seconds, oldest record of each batch), and the records "
+            "the broker delivered per read (ticktape_source_fetch_records, p50/p90)",
         },
     )
     result.extra["runs"] = runs_stats
@@ -227,7 +230,10 @@ def test_trading_latency_at_10k_ticks_per_s(kafka: KafkaClientConfig, database_u
     # The target counts from the tick's consumption, and a consumed tick first waits in the
     # source while the flow works through earlier ones (on each 1 s bar boundary all 500
     # instruments close bars and 40 deployments decide: a wave of work the ticks behind it wait
-    # for). So the target is judged on both parts, not on the processing part alone.
+    # for). So the target is judged on both parts, not on the processing part alone. The
+    # embedded broker delivers the feed in bursts (a producer's lingered batch per read, see
+    # extra.runs[].fetch_records_*), and a burst's last tick waits for the whole burst.
+    result.extra["fetch_records_p50_median"] = statistics.median(s["fetch_records_p50"] for s in runs_stats)
     wait_p99 = statistics.median(s["source_wait_p99_ms"] for s in runs_stats)
     result.extra["source_wait_p99_ms_median"] = wait_p99
     result.target = {"value": 2.0, "better": "lower", "met": result.figure + wait_p99 <= 2.0,
