@@ -19,7 +19,10 @@ import pytest
 from connectors import embedded
 from connectors.kafka import KafkaClientConfig, create_topics, delete_topics
 from connectors.postgres.migrate import migrate
+from connectors.processes import pid_alive
 from schemas.topics import TopicCatalog, load_catalog
+
+_BROKERS: list[tuple[Path, int]] = []  # (services home, pid) of the session's broker
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,24 @@ def services_home() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def broker(services_home: Path) -> embedded.BrokerState:
-    return embedded.start_broker(services_home, owned=True)
+    state = embedded.start_broker(services_home, owned=True)
+    _BROKERS.append((services_home, state.pid))
+    return state
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test whose session broker has died says so, with the end of the broker's log
+    (the log goes with the session's temporary home)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    for home, pid in _BROKERS:
+        if not pid_alive(pid):
+            log = home / "broker" / "tansu.log"
+            tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else ["(no log)"]
+            report.sections.append(("embedded broker", f"pid {pid} is not running; end of {log}:\n" + "\n".join(tail)))
 
 
 @pytest.fixture(scope="session")
