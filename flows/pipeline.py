@@ -31,7 +31,6 @@ import msgspec
 from bytewax.dataflow import Stream
 from prometheus_client import Counter, Histogram
 
-from connectors.kafka import Record
 from operators.analytics import AnalyticsConfig, InstrumentAnalytics
 from operators.candles import DUPLICATE, LATE, OUTSIDE_SESSION, parse_timeframes, session_bounds
 from operators.market_summary import MarketSummaryBook
@@ -256,16 +255,6 @@ def market_parser(
         return ts, ("", Reject(topic, c.instrument, RejectReason.MALFORMED, why, value, c.ts_event))
 
     return parse_bar
-
-
-def decode_records(parse: Callable[[bytes, int, int], tuple[int, Any]]) -> Callable[[list[Record]], list[Any]]:
-    """A ``flat_map_batch`` mapper giving ``parse``'s items for records of another source
-    (the market source parses as it reads; this is for flows fed by a :class:`RecordSource`)."""
-
-    def decode_batch(records: list[Record]) -> list[Any]:
-        return [parse(r.value or b"", r.partition, r.offset)[1] for r in records if r.partition >= 0]
-
-    return decode_batch
 
 
 def bar_ticks(c: Candle) -> list[Tick]:
