@@ -122,13 +122,16 @@ def build(
         bad = op.branch("command_ok", decoded, lambda v: type(v) is not tuple)
         dlq = bad.falses
         strategy_cmds, desk_cmds = strategy_commands(bad.trues, universe)
-    streams = build_market(market, universe, catalog, cfg, strategy_cmds)
-    outputs = [streams.records]
+    desks = None
     if trading is not None:
         if cfg.clock is not None and trading.published is None:
             trading = dataclasses.replace(trading, published=functools.partial(read_published, client, catalog))
-        outputs.append(build_trading(streams.decisions, desk_cmds, universe, catalog, trading, cfg.clock,
-                                     recovery=cfg.recovery))  # fmt: skip
+        desks = functools.partial(build_trading, commands=desk_cmds, universe=universe, catalog=catalog,
+                                  setup=trading, clock=cfg.clock, recovery=cfg.recovery)  # fmt: skip
+    streams = build_market(market, universe, catalog, cfg, strategy_cmds, desks)
+    outputs = [streams.records]
+    if streams.trading is not None:
+        outputs.append(streams.trading)
     if dlq is not None:
         outputs.append(dlq)
     records = outputs[0] if len(outputs) == 1 else op.merge("all_records", *outputs)
