@@ -2,8 +2,9 @@
 
 :class:`InstrumentAnalytics` is what the live and backtest flows keep per instrument. A tick
 goes into the :class:`~operators.candles.CandleBook`; every candle that closes updates that
-timeframe's indicators (the seed's "data structure that triggers indicator updates") and its
-pattern detector, so strategies read current values without recomputing anything. It emits
+timeframe's indicators (the seed's "data structure that triggers indicator updates") and, on
+a published timeframe, its pattern detector, so strategies read current values without
+recomputing anything. It emits
 the closed candles, an :class:`~schemas.analytics.IndicatorSnapshot` and any
 :class:`~schemas.analytics.PatternSignal` for the timeframes chosen for publication, and OI
 buildup changes for derivatives. Snapshots also carry the nearest swing support and
@@ -93,8 +94,9 @@ class AnalyticsConfig:
 
     timeframes: tuple[str, ...] = DEFAULT_TIMEFRAMES
     indicators: tuple[str, ...] = DEFAULT_INDICATORS
-    # Indicators and patterns are computed on every timeframe; snapshots and pattern signals
-    # are published only for these (1s/5s snapshots would triple the output for no reader).
+    # Indicators are computed on every timeframe (strategies read them); snapshots and pattern
+    # signals are published only for these (1s/5s snapshots would triple the output for no
+    # reader), and patterns are only detected on these (nothing else reads them).
     publish_timeframes: tuple[str, ...] = ("1m", "5m", "15m", "1h", "1d")
     patterns: bool = True
     partial_every_ns: int = 0  # in-progress candle updates for the UI; 0 = none
@@ -152,7 +154,7 @@ class InstrumentAnalytics:
         # those candles, so their state is warm): a start that replays the day's ticks, or
         # stored candles, never trades history.
         self.trade_from = trade_from
-        self.patterns = {tf: PatternDetector() for tf in cfg.timeframes} if cfg.patterns else {}
+        self.patterns = {tf: PatternDetector() for tf in cfg.publish_timeframes} if cfg.patterns else {}
         self._publish = frozenset(cfg.publish_timeframes)
         # Swing support/resistance on the published timeframes; pivots from the last daily bar.
         self.levels = {tf: SwingLevels() for tf in cfg.publish_timeframes}
