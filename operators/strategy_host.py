@@ -30,7 +30,7 @@ configure arrive as control commands and apply to the instance everywhere it run
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, overload
@@ -103,6 +103,10 @@ class _Instance:
         self.errors = 0  # consecutive failures
 
 
+# (strategy id, instance, its bound on_candle, account, params): one subscriber of a timeframe
+_Subscriber = tuple[str, _Instance, Callable[[StrategyContext[Any], Candle], list[TargetPosition]], str, Any]
+
+
 class StrategyHost:
     """Every strategy instance of one instrument (see the module docstring)."""
 
@@ -129,9 +133,10 @@ class StrategyHost:
         """The instances of each timeframe, in installation order: a closed bar runs only the
         subscribers of its timeframe (half of 40 deployments on two timeframes), not a filter
         over all of them."""
-        by_tf: dict[str, list[tuple[str, _Instance]]] = {}
+        by_tf: dict[str, list[_Subscriber]] = {}
         for sid, inst in self.instances.items():
-            by_tf.setdefault(inst.deployment.params.timeframe, []).append((sid, inst))
+            d = inst.deployment
+            by_tf.setdefault(d.params.timeframe, []).append((sid, inst, inst.strategy.on_candle, d.account, d.params))
         self._by_timeframe = by_tf
 
     def __getstate__(self) -> dict[str, Any]:
@@ -169,35 +174,38 @@ class StrategyHost:
 
     def on_candle(self, candle: Candle, indicators: Mapping[str, float], now: int) -> list[Any]:
         """Targets of every enabled subscriber of this candle's timeframe, plus StrategyErrors."""
-        hist = self.history.get(candle.timeframe)
+        tf = candle.timeframe
+        hist = self.history.get(tf)
         if hist is None or not candle.final:
             return []
         hist.append(candle)
         out: list[Any] = []
         # One read-only view of the values and history per candle, shared by every subscriber
-        # (the caller hands over ``indicators`` and does not change it afterwards).
+        # (the caller hands over ``indicators`` and does not change it afterwards). Per
+        # subscriber only what differs is looked up: this loop runs for every subscriber of
+        # every closed bar of every instrument.
         view: Mapping[str, float] | None = None
         recent: Sequence[Candle] = ()
-        for sid, inst in self._by_timeframe.get(candle.timeframe, ()):
+        instrument, position = self.instrument, self.positions.get
+        for sid, inst, decide, account, params in self._by_timeframe.get(tf, ()):
             if not inst.enabled:
                 continue
-            d = inst.deployment
             if view is None:
                 view, recent = MappingProxyType(indicators), RecentCandles(hist)
-            ctx = StrategyContext(
-                sid, d.account, self.instrument, candle.timeframe, view, recent, self.positions.get(sid, 0), d.params
-            )
+            ctx = StrategyContext(sid, account, instrument, tf, view, recent, position(sid, 0), params)
             try:
-                targets = inst.strategy.on_candle(ctx, candle)
+                targets = decide(ctx, candle)
                 for t in targets:
-                    if type(t) is not TargetPosition or t.instrument != self.instrument or t.strategy != sid:
-                        msg = f"on_candle must return TargetPositions for {self.instrument} by {sid}, got {t!r}"
+                    if type(t) is not TargetPosition or t.instrument != instrument or t.strategy != sid:
+                        msg = f"on_candle must return TargetPositions for {instrument} by {sid}, got {t!r}"
                         raise TypeError(msg)  # a contract breach is handled like a crash
             except Exception as exc:  # one failing strategy must never stop the others
                 out.append(self._failed(inst, exc, candle, now))
                 continue
-            inst.errors = 0
-            out.extend(targets)
+            if inst.errors:
+                inst.errors = 0
+            if targets:
+                out.extend(targets)
         return out
 
     def _failed(self, inst: _Instance, exc: Exception, candle: Candle, now: int) -> StrategyError:
