@@ -5,9 +5,10 @@
                                        ├─ per option chain: PCR, max pain
                                        └─ (closed candles) market summary per timeframe
     → md.candles, md.analytics, md.dlq (late or undecodable ticks), sig.signals, risk.events
-      (strategy errors), and the ``decisions`` stream for the desks (flows.trading): each
-      target as :class:`Decided` at the time of the tick that closed its candle, and the
-      instrument's ticks as :class:`PriceRun` s, in the instrument's own order.
+      (strategy errors); with desks (flows.trading), the decisions stream handed to them right
+      after the instrument step: each target as :class:`Decided` at the time of the tick that
+      closed its candle, and the instrument's ticks as :class:`PriceRun` s, in the
+      instrument's own order.
 
 Only the clock differs between modes, and it is chosen once, here: a live
 :class:`MarketClock` stamps outputs with wall time and closes idle bars on a timer at bar end
@@ -525,7 +526,7 @@ def build_market(
     flow that owns ``market``: the items of :func:`market_parser` (``(instrument, tick)``, or
     ``(instrument, candle)`` for a candle input, and ``("", Reject)``). ``commands`` are strategy commands keyed by
     instrument (see :func:`strategy_commands`). ``desks`` adds the steps that trade on the
-    decisions stream (Decided targets, StrategyError and PriceRun, in each instrument's order;
+    decisions stream (Decided targets and PriceRun, in each instrument's order;
     :func:`flows.trading.build_trading`) and returns their records.
 
     The desks are added right after the instrument step, before the steps that only publish
@@ -648,7 +649,7 @@ def build_market(
     return MarketStreams(records=op.flat_map_batch("encode", events, encode_batch), trading=trading)
 
 
-_DECISIONS = (Decided, StrategyError, PriceRun)
+_DECISIONS = (Decided, PriceRun)  # what the desks take (strategy errors are only published)
 
 
 def strategy_commands(commands: Stream[Any], universe: Iterable[Instrument]) -> tuple[Stream[tuple[str, Any]], Stream[Any]]:

@@ -1,6 +1,6 @@
 """The trading half of the pipeline: strategy decisions and ticks into the account's desk.
 
-    decisions (Decided targets, PriceRun, StrategyError; each instrument's own order)
+    decisions (Decided targets and PriceRun; each instrument's own order)
     + desk commands (Halt, Resume, manual orders, ClosePosition, DisableStrategy)  ─ keyed by account ─▶ desk
     → ord.intents, ord.updates, ord.fills, pf.positions, risk.events
 
@@ -336,13 +336,10 @@ def build_trading(
             )
         return desk
 
-    def route(v: Any) -> list[tuple[str, tuple[str, Any]]]:
-        kind = type(v)
-        if kind is PriceRun:
+    def route(v: Decided | PriceRun) -> list[tuple[str, tuple[str, Any]]]:
+        if type(v) is PriceRun:
             return [(a, (a, v)) for a in accounts]
-        if kind is Decided:
-            return [(v.target.account, (v.target.account, v))]
-        return []  # StrategyError: already published by the market half
+        return [(v.target.account, (v.target.account, v))]
 
     keyed = op.flat_map("to_desk", decisions, route)
     if commands is not None:
