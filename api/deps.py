@@ -215,6 +215,22 @@ class Window:
         return {"start": self.start, "end": self.end, "limit": self.limit, "offset": self.offset}
 
 
+_FIRST, _LAST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+
+
+def _shifted(t: datetime, by: timedelta) -> datetime:
+    """``t + by``, stopping at the calendar's first or last instant: a window next to year 1
+    or 9999 is a valid question (with no rows), not an overflow.
+
+    >>> _shifted(datetime(1, 1, 1, tzinfo=UTC), -timedelta(days=1)).isoformat()
+    '0001-01-01T00:00:00+00:00'
+    """
+    try:
+        return t + by
+    except OverflowError:
+        return _LAST if by > timedelta(0) else _FIRST
+
+
 def series_window(max_span: timedelta, default_span: timedelta) -> Any:
     """A dependency parsing ``from``/``to`` (ISO-8601 with an offset) and the page
     (``limit``/``offset``, as :func:`page`). Only ``from``: the ``default_span`` after it; only
@@ -234,13 +250,13 @@ def series_window(max_span: timedelta, default_span: timedelta) -> Any:
                 raise ApiError(422, "Invalid time", f"{name}={v.isoformat()} has no UTC offset")
         if from_ is None:
             end = to or datetime.now(UTC)
-            start = end - default_span
+            start = _shifted(end, -default_span)
         else:
             start = from_
-            end = to or start + default_span
+            end = to or _shifted(start, default_span)
         cut = end - start > max_span
         if cut:
-            end = start + max_span
+            end = _shifted(start, max_span)
         response.headers["X-Time-Range"] = f"{start.isoformat()}/{end.isoformat()}" + ("; truncated" if cut else "")
         return Window(start, end, limit, offset, cut)
 
