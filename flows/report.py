@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter
+from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter
 
 from operators.performance import EquityPoint, Metrics, Trade
 
@@ -159,11 +159,42 @@ def _no_data(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
+class PlainFormatter(Formatter):
+    """Plain y labels (no "1e6" offset), with thousands separators and at least ``digits``
+    decimals - more when the ticks need them to stay apart (a drawdown of 0.01% has ticks
+    0.0025 apart, which two decimals would print as "-0.00" three times). No "-0".
+
+    >>> f = PlainFormatter(2)
+    >>> f.set_locs([-0.01, -0.0075, -0.005, -0.0025, 0.0])
+    >>> [f(v) for v in f.ticks]
+    ['-0.0100', '-0.0075', '-0.0050', '-0.0025', '0.0000']
+    >>> f.set_locs([999_940.0, 999_960.0, 1_000_000.0])
+    >>> f(1_000_000.0), PlainFormatter(0)(-1e-12)
+    ('1,000,000.00', '0')
+    """
+
+    MAX_DIGITS = 8
+
+    def __init__(self, digits: int) -> None:
+        self.least = self.digits = digits
+        self.ticks: list[float] = []
+
+    def set_locs(self, locs: Sequence[float]) -> None:
+        self.ticks = [float(v) for v in locs]
+        digits, scale = self.least, max((abs(v) for v in self.ticks), default=1.0) or 1.0
+        while digits < self.MAX_DIGITS and any(abs(round(v, digits) - v) > 1e-9 * scale for v in self.ticks):
+            digits += 1
+        self.digits = digits
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        text = f"{x:,.{self.digits}f}"
+        return text[1:] if text[0] == "-" and not text.strip("-0.,") else text
+
+
 def _plot(ax: Axes, x: np.ndarray, y: np.ndarray, **style: object) -> None:
-    """A line with plain y labels (no "1e6" offset): thousands separators, decimals only for a narrow range."""
+    """A line with plain y labels (:class:`PlainFormatter`): decimals only for a narrow range."""
     ax.plot(x, y, **style)
-    digits = 0 if np.ptp(y) >= 100 else 2
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.{digits}f}"))
+    ax.yaxis.set_major_formatter(PlainFormatter(0 if np.ptp(y) >= 100 else 2))
 
 
 def _render_png(

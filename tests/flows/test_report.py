@@ -10,8 +10,10 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from flows.report import charted_instruments, duration, thin, write_report
+from flows.report import _plot, charted_instruments, duration, thin, write_report
 from operators.performance import EquityPoint, Metrics, Trade
 
 NS = 1_000_000_000
@@ -117,6 +119,29 @@ def test_writes_a_png_and_an_html_page(tmp_path: Path) -> None:
     assert "http://" not in text
     assert "https://" not in text
     assert "more in trades.csv" not in text
+
+
+@pytest.mark.parametrize(
+    ("y", "at_least"),
+    [
+        (-np.linspace(0.0, 0.0101, 50), 3),  # a drawdown of 0.01%: ticks 0.002-0.0025 apart
+        (1_000_000.0 - np.linspace(0.0, 80.0, 50), 0),  # equity: whole rupees suffice
+        (1500.0 + np.linspace(0.0, 3.0, 50), 2),  # a price: paise
+    ],
+)
+def test_y_labels_tell_every_tick_apart(y: np.ndarray, at_least: int) -> None:
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    _plot(ax, np.arange(len(y), dtype=float), y)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+
+    assert len(labels) >= 3
+    assert len(set(labels)) == len(labels), labels
+    assert not any(re.fullmatch(r"-[0.,]+", text) for text in labels), labels  # no "-0.00"
+    assert all(len(text.rpartition(".")[2]) >= at_least if "." in text else at_least == 0 for text in labels), labels
+    assert "e" not in "".join(labels)  # no scientific notation or offset
 
 
 def test_every_string_is_escaped(tmp_path: Path) -> None:
