@@ -181,12 +181,22 @@ _ROWS = (
 )  # fmt: skip
 
 
+def _n(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless one.
+
+    >>> _n(1, "bad row"), _n(1200, "instrument")
+    ('1 bad row', '1,200 instruments')
+    """
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def print_summary(summary: dict[str, Any], out_dir: Path, run_id: str) -> None:
     """The one-screen summary: metrics per strategy and total, counts, where the files are."""
     inp, counts = summary["input"], summary["counts"]
+    skipped = inp["skipped"]
     console.print(
-        f"[bold]backtest {run_id}[/bold]: {inp['rows']:,} {inp['kind']} of {inp['instruments']} instruments, "
-        f"{inp['from']} to {inp['to']}" + (f" ({inp['skipped']} bad rows skipped)" if inp["skipped"] else "")
+        f"[bold]backtest {run_id}[/bold]: {inp['rows']:,} {inp['kind']} of {_n(inp['instruments'], 'instrument')}, "
+        f"{inp['from']} to {inp['to']}" + (f" ({_n(skipped, 'bad row')} skipped)" if skipped else "")
     )
     table = Table(show_edge=False)
     table.add_column("")

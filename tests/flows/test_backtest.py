@@ -170,7 +170,7 @@ def test_the_cli_runs_a_backtest_and_reports_bad_input(kafka: KafkaClientConfig,
                  "--from", "2026-11-23", "--to", "2026-11-23", "--out", str(tmp_path / "out")],
                 kafka, database_url, tmp_path / "home")  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "120 candles of 1 instruments" in done.stdout and "profit factor" in done.stdout
+    assert "120 candles of 1 instrument," in done.stdout and "profit factor" in done.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["input"]["instruments"] == 1 and summary["spec"]["instruments"] == ["NSE:AAA"]
     with psycopg.connect(database_url) as conn:
