@@ -162,7 +162,9 @@ def _fmt(v: Any, kind: str = "") -> str:
     if v is None:
         return "–"
     if kind == "pct":
-        return f"{v:.2f} %"
+        from flows.report import percent  # matplotlib's import, only once there is a result to show
+
+        return percent(v).replace("%", " %")
     if kind == "dur":
         minutes = int(v) // 60_000_000_000
         return f"{minutes // 60}h {minutes % 60:02d}m"

@@ -269,6 +269,22 @@ def _num(value: float | None, scale: float = 1.0, unit: str = "") -> str:
     return f"{(0.0 if round(value, 2) == 0 else value):,.2f}{unit}"
 
 
+def percent(value: float | None, scale: float = 1.0) -> str:
+    """A percentage: two decimals, or two significant digits below 0.01% (a drawdown of
+    0.0012% on a large account is not "0.00%"); "–" for None.
+
+    >>> percent(1.2345678), percent(0.0012345), percent(-0.000012345), percent(0.0), percent(2e-9), percent(0.5, 100)
+    ('1.23%', '0.0012%', '-0.000012%', '0.00%', '0.00%', '50.00%')
+    """
+    if value is None:
+        return DASH
+    value *= scale
+    magnitude = abs(value)
+    if magnitude >= 0.01 or magnitude < 1e-6:
+        return _num(value, unit="%")
+    return f"{value:.{1 - math.floor(math.log10(magnitude))}f}%"
+
+
 def duration(ns: int | None) -> str:
     """Human-readable span: "45s", "5m", "1h 05m", "2d 3h 05m"."""
     if ns is None:
@@ -283,18 +299,17 @@ def duration(ns: int | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
-_pct = partial(_num, unit="%")
 # The *_pct fields are already percent; win_rate is a fraction (0..1), as its name has no _pct.
 METRIC_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("Net P&L (₹)", "net_pnl", _num),
     ("Gross P&L (₹)", "gross_pnl", _num),
     ("Charges (₹)", "charges", _num),
-    ("Return", "return_pct", _pct),
+    ("Return", "return_pct", percent),
     ("Final equity (₹)", "final_equity", _num),
     ("Closed trades", "trades", str),
     ("Wins", "wins", str),
     ("Losses", "losses", str),
-    ("Win rate", "win_rate", partial(_num, scale=100.0, unit="%")),
+    ("Win rate", "win_rate", partial(percent, scale=100.0)),
     ("Average win (₹)", "avg_win", _num),
     ("Average loss (₹)", "avg_loss", _num),
     ("Profit factor", "profit_factor", _num),
@@ -302,9 +317,9 @@ METRIC_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("Sharpe", "sharpe", _num),
     ("Sortino", "sortino", _num),
     ("Max drawdown (₹)", "max_drawdown", _num),
-    ("Max drawdown", "max_drawdown_pct", _pct),
+    ("Max drawdown", "max_drawdown_pct", percent),
     ("Max drawdown duration", "max_drawdown_duration_ns", duration),
-    ("Exposure", "exposure_pct", _pct),
+    ("Exposure", "exposure_pct", percent),
 )
 TRADE_COLUMNS = ("Strategy", "Instrument", "Direction", "Qty", "Entry (IST)", "Entry price", "Exit (IST)", "Exit price")
 TRADE_COLUMNS += ("Gross (₹)", "Charges (₹)", "Net (₹)", "Closed")
