@@ -164,7 +164,7 @@ def _fmt(v: Any, kind: str = "") -> str:
     if kind == "pct":
         from flows.report import percent  # matplotlib's import, only once there is a result to show
 
-        return percent(v).replace("%", " %")
+        return percent(v, unit=" %")
     if kind == "dur":
         minutes = int(v) // 60_000_000_000
         return f"{minutes // 60}h {minutes % 60:02d}m"

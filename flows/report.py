@@ -187,8 +187,7 @@ class PlainFormatter(Formatter):
         self.digits = digits
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        text = f"{x:,.{self.digits}f}"
-        return text[1:] if text[0] == "-" and not text.strip("-0.,") else text
+        return f"{(0.0 if round(x, self.digits) == 0 else x):,.{self.digits}f}"
 
 
 def _plot(ax: Axes, x: np.ndarray, y: np.ndarray, **style: object) -> None:
@@ -269,7 +268,7 @@ def _num(value: float | None, scale: float = 1.0, unit: str = "") -> str:
     return f"{(0.0 if round(value, 2) == 0 else value):,.2f}{unit}"
 
 
-def percent(value: float | None, scale: float = 1.0) -> str:
+def percent(value: float | None, scale: float = 1.0, unit: str = "%") -> str:
     """A percentage: two decimals, or two significant digits below 0.01% (a drawdown of
     0.0012% on a large account is not "0.00%"); "–" for None.
 
@@ -281,8 +280,8 @@ def percent(value: float | None, scale: float = 1.0) -> str:
     value *= scale
     magnitude = abs(value)
     if magnitude >= 0.01 or magnitude < 1e-6:
-        return _num(value, unit="%")
-    return f"{value:.{1 - math.floor(math.log10(magnitude))}f}%"
+        return _num(value, unit=unit)
+    return f"{value:.{1 - math.floor(math.log10(magnitude))}f}{unit}"
 
 
 def duration(ns: int | None) -> str:
