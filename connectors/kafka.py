@@ -184,36 +184,41 @@ def _tails(client: KafkaClientConfig, topic: str, timeout: float) -> dict[int, t
 
 def read_all(client: KafkaClientConfig, topic: str, timeout: float = 30.0) -> list[tuple[int, bytes]]:
     """Every ``(partition, value)`` of ``topic``, partition by partition in log order, read to
-    each partition's end-of-partition event (a bounded read of a finished run's output)."""
+    each partition's end-of-partition event (a bounded read of a finished run's output).
+
+    All partitions are read at once, each call taking what has arrived: ``consume(n, t)``
+    waits the whole ``t`` for ``n`` records, and one partition at a time that wait came per
+    partition and fetch (4.5 s for 200k records in 8 partitions; 0.3 s at once)."""
     parts = existing_topics(client.admin(), timeout).get(topic)
     if parts is None:
         msg = f"topic {topic} does not exist"
         raise KafkaUnavailable(msg)
     c = Consumer(client.consumer(**{"fetch.wait.max.ms": 10}))
-    out: list[tuple[int, bytes]] = []
+    got: list[list[bytes]] = [[] for _ in range(parts)]
+    pending = set(range(parts))
     try:
-        for p in range(parts):
-            c.assign([TopicPartition(topic, p, 0)])
-            deadline = time.monotonic() + timeout
-            done = False
-            while not done:
-                if time.monotonic() > deadline:
-                    msg = f"no end of partition from {topic}[{p}] within {timeout}s"
+        c.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                msg = f"no end of partition from {topic}{sorted(pending)} within {timeout}s"
+                raise KafkaUnavailable(msg)
+            messages = c.consume(10_000, 0.02)
+            for m in messages:
+                err = m.error()
+                if err is None:
+                    if m.partition() in pending:  # after its end: written since, not part of this read
+                        got[m.partition()].append(m.value() or b"")
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+                else:
+                    msg = f"error reading {topic}[{m.partition()}]: {err}"
                     raise KafkaUnavailable(msg)
-                for m in c.consume(10_000, 0.5):
-                    err = m.error()
-                    if err is None:
-                        out.append((p, m.value() or b""))
-                        deadline = time.monotonic() + timeout
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        done = True
-                        break
-                    else:
-                        msg = f"error reading {topic}[{p}]: {err}"
-                        raise KafkaUnavailable(msg)
+            if messages:
+                deadline = time.monotonic() + timeout
     finally:
         c.close()
-    return out
+    return [(p, v) for p in range(parts) for v in got[p]]
 
 
 def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:
