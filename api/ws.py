@@ -108,8 +108,13 @@ class Hub:
         assert loop is not None
         try:
             while not self._stop.is_set():
+                # Wait for one record, then take what else has arrived without waiting:
+                # consume(n, t) alone holds every record until n arrive or t passes.
+                first = c.poll(0.1)
+                if first is None:
+                    continue
                 batch = []
-                for m in c.consume(500, 0.1):
+                for m in (first, *c.consume(499, 0)):
                     err = m.error()
                     if err is None:
                         batch.append((m.topic(), m.key(), m.value() or b""))
