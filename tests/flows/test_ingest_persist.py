@@ -7,10 +7,9 @@ from datetime import date
 
 import psycopg
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig, cluster_id
+from connectors.kafka import KafkaClientConfig, cluster_id, read_all
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.migrate import migrate, status
 from connectors.postgres.sinks import stored_offsets
@@ -23,19 +22,8 @@ from tests.stubs import simulated
 DAY = date(2026, 11, 23)
 
 
-def _read_all(kafka: KafkaClientConfig, topic: str, partitions: int) -> list[bytes]:
-    c = Consumer(kafka.consumer(**{"fetch.wait.max.ms": 50}))
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, eof = [], set()
-    while len(eof) < partitions:
-        for m in c.consume(10_000, 1.0):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                eof.add(m.partition())
-            else:
-                out.append(m.value())
-    c.close()
-    return out
+def _read_all(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
+    return [v for _p, v in read_all(kafka, topic)]
 
 
 def _ingest(kafka: KafkaClientConfig, catalog: TopicCatalog, steps: int, bad_rate: float) -> ingest.SimConfig:
@@ -61,10 +49,10 @@ def test_bad_ticks_reach_dlq_with_reasons_and_no_valid_tick_is_lost(kafka, catal
     expected_ticks, expected_bad = _expected(cfg)
     assert sum(expected_bad.values()) >= 20
 
-    got = [codec_for(Tick).decode(v) for v in _read_all(kafka, catalog.name("md.ticks"), 4)]
+    got = [codec_for(Tick).decode(v) for v in _read_all(kafka, catalog.name("md.ticks"))]
     assert sorted(got, key=lambda t: (t.instrument, t.seq)) == sorted(expected_ticks, key=lambda t: (t.instrument, t.seq))
 
-    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"), 1)]
+    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"))]
     assert Counter(r.reason.value for r in dlq) == expected_bad  # every defect caught, with the right reason
     assert all(r.detail and r.payload and r.source_topic == catalog.name("md.ticks") for r in dlq)
 
@@ -200,7 +188,7 @@ def test_persist_dead_letters_unknown_instruments_and_undecodable_records(kafka,
             "SELECT partition, next_offset FROM kafka_offsets WHERE topic = %s ORDER BY 1", (topic,)
         ).fetchall()
     assert committed == [(0, 2), (1, 1)]  # every record accounted for: stored or dead-lettered
-    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"), 1)]
+    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"))]
     by_reason = {r.reason.value: r for r in dlq}
     assert set(by_reason) == {"unknown_instrument", "malformed"}
     assert by_reason["unknown_instrument"].instrument == "NSE:GHOST"

@@ -30,10 +30,10 @@ import psycopg
 import pytest
 from bytewax.recovery import init_db_dir
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig
+from connectors.kafka import KafkaClientConfig, read_all
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.strategies import save_deployments
 from flows import ingest, persist
@@ -56,22 +56,7 @@ def _count(kafka: KafkaClientConfig, topic: str) -> int:
 
 
 def _read(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
-    c = Consumer(kafka.consumer(**{"fetch.wait.max.ms": 50}))
-    c.assign([TopicPartition(topic, 0, 0)])
-    out: list[bytes] = []
-    while True:
-        msgs = c.consume(10_000, 2.0)
-        done = False
-        for m in msgs:
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF
-                done = True
-            else:
-                out.append(m.value())
-        if done or not msgs:
-            break
-    c.close()
-    return out
+    return [v for _p, v in read_all(kafka, topic)]
 
 
 def _reasons(kafka: KafkaClientConfig, catalog: TopicCatalog) -> dict[str, int]:

@@ -87,7 +87,7 @@ def test_kill9_of_persist_and_of_postgres_loses_and_duplicates_nothing(kafka, ca
         candle_codec = codec_for(Candle)
         finals = {
             (c.instrument, c.timeframe, c.open_time)
-            for c in (candle_codec.decode(v) for v in _read_all(kafka, catalog.name("md.candles"), 4))
+            for c in (candle_codec.decode(v) for v in _read_all(kafka, catalog.name("md.candles")))
             if c.final
         }
         assert len(finals) > 10_000

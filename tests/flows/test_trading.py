@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY as REGISTRY_METRICS
 
 import strategies.builtin  # noqa: F401  (registers the built-ins)
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig
+from connectors.kafka import KafkaClientConfig, read_all
 from connectors.postgres.instruments import upsert_instruments
 from flows import ingest, live, persist
 from flows.pipeline import PipelineConfig, StrategySetup
@@ -61,7 +61,6 @@ def traded(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str) -
 
 
 def test_the_flow_counts_the_signals_it_publishes(traded: dict[str, Any]) -> None:
-    from connectors.kafka import read_all
     from schemas.codec import codec_for
     from schemas.orders import TargetPosition
 
@@ -140,19 +139,8 @@ def test_orders_fills_and_positions_agree(traded: dict[str, object]) -> None:
 
 
 def _values(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
-    """Every value of partition 0 of ``topic``, in order."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    c = Consumer(kafka.consumer(**{"fetch.wait.max.ms": 50}))
-    c.assign([TopicPartition(topic, 0, 0)])
-    values: list[bytes] = []
-    while True:
-        msgs = c.consume(10_000, 2.0)
-        values += [m.value() for m in msgs if not m.error()]
-        if not msgs or any(m.error() and m.error().code() == KafkaError._PARTITION_EOF for m in msgs):
-            break
-    c.close()
-    return values
+    """Every value of ``topic`` (one partition), in order."""
+    return [v for _p, v in read_all(kafka, topic)]
 
 
 def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
