@@ -42,19 +42,16 @@ def _read(kafka: KafkaClientConfig, topic: str) -> list[tuple[int, bytes]]:
     c = Consumer(kafka.consumer(**{"fetch.wait.max.ms": 50}))
     c.assign([TopicPartition(topic, 0, 0)])
     out: list[tuple[int, bytes]] = []
-    while True:
-        msgs = c.consume(10_000, 2.0)
-        if not msgs:
-            break
-        done = False
-        for m in msgs:
+    deadline = time.monotonic() + 30
+    done = False
+    while not done:  # to the end of the partition; consume takes what has come (a long wait holds it all)
+        assert time.monotonic() < deadline, f"no end of {topic} within 30 s"
+        for m in c.consume(10_000, 0.05):
             if m.error():
                 assert m.error().code() == KafkaError._PARTITION_EOF
                 done = True
             else:
                 out.append((m.timestamp()[1], m.value()))
-        if done:
-            break
     c.close()
     return out
 
