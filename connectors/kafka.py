@@ -15,7 +15,7 @@ import logging
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -184,41 +184,51 @@ def _tails(client: KafkaClientConfig, topic: str, timeout: float) -> dict[int, t
 
 def read_all(client: KafkaClientConfig, topic: str, timeout: float = 30.0) -> list[tuple[int, bytes]]:
     """Every ``(partition, value)`` of ``topic``, partition by partition in log order, read to
-    each partition's end-of-partition event (a bounded read of a finished run's output).
+    each partition's end-of-partition event (a bounded read of a finished run's output)."""
+    return read_topics(client, [topic], timeout)[topic]
 
-    All partitions are read at once, each call taking what has arrived: ``consume(n, t)``
+
+def read_topics(
+    client: KafkaClientConfig, topics: Sequence[str], timeout: float = 30.0
+) -> dict[str, list[tuple[int, bytes]]]:
+    """:func:`read_all` of several topics with one consumer: ``topic -> [(partition, value)]``.
+
+    Every partition is read at once, each call taking what has arrived: ``consume(n, t)``
     waits the whole ``t`` for ``n`` records, and one partition at a time that wait came per
-    partition and fetch (4.5 s for 200k records in 8 partitions; 0.3 s at once)."""
-    parts = existing_topics(client.admin(), timeout).get(topic)
-    if parts is None:
-        msg = f"topic {topic} does not exist"
+    partition and fetch (4.5 s for 200k records in 8 partitions; 0.55 s at once). One
+    consumer and one metadata request for all the topics: a backtest's three outputs took
+    0.2 s read one by one, 0.07 s together."""
+    known = existing_topics(client.admin(), timeout)
+    missing = [t for t in topics if t not in known]
+    if missing:
+        msg = f"topic {', '.join(missing)} does not exist"
         raise KafkaUnavailable(msg)
     c = Consumer(client.consumer(**{"fetch.wait.max.ms": 10}))
-    got: list[list[bytes]] = [[] for _ in range(parts)]
-    pending = set(range(parts))
+    got: dict[tuple[str, int], list[bytes]] = {(t, p): [] for t in topics for p in range(known[t])}
+    pending = set(got)
     try:
-        c.assign([TopicPartition(topic, p, 0) for p in range(parts)])
+        c.assign([TopicPartition(t, p, 0) for t, p in got])
         deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
-                msg = f"no end of partition from {topic}{sorted(pending)} within {timeout}s"
+                msg = f"no end of partition from {sorted(pending)} within {timeout}s"
                 raise KafkaUnavailable(msg)
             messages = c.consume(10_000, 0.02)
             for m in messages:
-                err = m.error()
+                err, where = m.error(), (m.topic() or "", m.partition() or 0)
                 if err is None:
-                    if m.partition() in pending:  # after its end: written since, not part of this read
-                        got[m.partition()].append(m.value() or b"")
+                    if where in pending:  # after its end: written since, not part of this read
+                        got[where].append(m.value() or b"")
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
+                    pending.discard(where)
                 else:
-                    msg = f"error reading {topic}[{m.partition()}]: {err}"
+                    msg = f"error reading {where[0]}[{where[1]}]: {err}"
                     raise KafkaUnavailable(msg)
             if messages:
                 deadline = time.monotonic() + timeout
     finally:
         c.close()
-    return [(p, v) for p in range(parts) for v in got[p]]
+    return {t: [(p, v) for p in range(known[t]) for v in got[(t, p)]] for t in topics}
 
 
 def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:

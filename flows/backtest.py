@@ -48,7 +48,7 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from connectors.history import ReadReport, Window, db_candles, db_ticks, read_candles, read_ticks
-from connectors.kafka import KafkaClientConfig, create_topics, delete_topics, read_all
+from connectors.kafka import KafkaClientConfig, create_topics, delete_topics, read_topics
 from flows import live
 from flows.pipeline import PipelineConfig, StrategySetup
 from flows.trading import TradingSetup
@@ -373,10 +373,9 @@ class _Outputs:
 
 
 def _outputs(kafka: KafkaClientConfig, catalog: TopicCatalog) -> _Outputs:
-    def values(name: str) -> list[bytes]:
-        return [v for _p, v in read_all(kafka, catalog.name(name))]
-
-    return _Outputs(values("ord.intents"), values("ord.fills"), values("risk.events"))
+    names = [catalog.name(t) for t in ("ord.intents", "ord.fills", "risk.events")]
+    intents, fills, risk = ([v for _p, v in recs] for recs in read_topics(kafka, names).values())
+    return _Outputs(intents, fills, risk)
 
 
 # ----------------------------------------------------------------------------- results

@@ -28,7 +28,7 @@ from typing import Any
 
 from bytewax.testing import run_main
 
-from connectors.kafka import KafkaClientConfig, create_topics, delete_topics, read_all
+from connectors.kafka import KafkaClientConfig, create_topics, delete_topics, read_all, read_topics
 from flows import live
 from flows.pipeline import PipelineConfig, StrategySetup
 from flows.trading import TradingSetup
@@ -103,8 +103,9 @@ def _show(v: Any) -> str:
 
 def _decoded(kafka: KafkaClientConfig, catalog: TopicCatalog) -> list[Any]:
     req, fill = codec_for(VenueRequest), codec_for(Fill)
-    out: list[Any] = [req.decode(v) for _p, v in read_all(kafka, catalog.name("ord.intents"))]
-    out += [fill.decode(v) for _p, v in read_all(kafka, catalog.name("ord.fills"))]
+    got = read_topics(kafka, [catalog.name("ord.intents"), catalog.name("ord.fills")])
+    out: list[Any] = [req.decode(v) for _p, v in got[catalog.name("ord.intents")]]
+    out += [fill.decode(v) for _p, v in got[catalog.name("ord.fills")]]
     return out
 
 

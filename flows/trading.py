@@ -30,7 +30,7 @@ import msgspec
 from bytewax.dataflow import Stream
 from prometheus_client import Counter, Gauge, Histogram
 
-from connectors.kafka import KafkaClientConfig, read_all
+from connectors.kafka import KafkaClientConfig, read_topics
 from flows.pipeline import Decided, MarketClock, PriceRun, TimedLiveBatches, _snapshot
 from operators.candles import DAY_NS, IST_OFFSET_NS
 from operators.desk import TradingDesk
@@ -290,9 +290,11 @@ def read_published(client: KafkaClientConfig, catalog: TopicCatalog, account: st
     """``account``'s intents and cancels, order updates and fills with event time from
     ``since_ns`` on, in that order, each topic in log order (one account is one partition)."""
     out: list[Any] = []
-    for topic, kind in (("ord.intents", VenueRequest), ("ord.updates", OrderUpdate), ("ord.fills", Fill)):
-        decode = codec_for(kind).decode
-        for _p, value in read_all(client, catalog.name(topic)):
+    kinds = {catalog.name(t): k for t, k in (("ord.intents", VenueRequest), ("ord.updates", OrderUpdate),
+                                              ("ord.fills", Fill))}  # fmt: skip
+    for topic, records in read_topics(client, list(kinds)).items():
+        decode = codec_for(kinds[topic]).decode
+        for _p, value in records:
             ev = decode(value)
             if ev.account == account and ev.ts_event >= since_ns:
                 out.append(ev)

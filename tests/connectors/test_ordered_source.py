@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
@@ -114,7 +115,7 @@ def test_read_all_gives_every_partition_in_log_order_without_waiting_per_partiti
 
     from confluent_kafka.admin import NewTopic
 
-    from connectors.kafka import read_all
+    from connectors.kafka import KafkaUnavailable, read_all, read_topics
 
     topic = f"t{uuid.uuid4().hex[:10]}.readall"
     admin = kafka.admin()
@@ -134,8 +135,17 @@ def test_read_all_gives_every_partition_in_log_order_without_waiting_per_partiti
         assert [(part, _ts(v)) for part, v in got] == [(part, v) for part, vs in sorted(written.items()) for v in vs]
         # One consume timeout per partition (the old reader) is at least 8 x 0.5 s.
         assert took < 2.0, f"read 33 records of 8 partitions in {took:.2f} s"
+        # Several topics with one consumer, each as read_all gives it; a missing one is named.
+        other = f"{topic}.other"
+        for fut in admin.create_topics([NewTopic(other, 1, 1)]).values():
+            fut.result(15)
+        p.produce(other, b"x", partition=0)
+        assert p.flush(10) == 0
+        assert read_topics(kafka, [other, topic]) == {other: [(0, b"x")], topic: got}
+        with pytest.raises(KafkaUnavailable, match=r"topic nope\.1, nope\.2 does not exist"):
+            read_topics(kafka, [topic, "nope.1", "nope.2"])
     finally:
-        delete_topics(admin, [topic])
+        delete_topics(admin, [topic, f"{topic}.other"])
 
 
 def test_a_tailing_source_reports_its_consumer_lag(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
