@@ -31,7 +31,7 @@ from api import auth, errors, security
 from api.deps import AppState, known_query
 from api.routes import backtests, market, risk, strategies, trading
 from api.ws import Hub
-from connectors.settings import Settings, load_settings
+from connectors.settings import RECONNECT_BACKOFF_MS, Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
 
 Status = Literal["ok", "degraded", "down"]
@@ -76,7 +76,8 @@ def _check_broker(bootstrap: str | None) -> ComponentHealth:
         return ComponentHealth(status="down", detail="no broker configured or running")
     t = time.perf_counter()
     try:
-        md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
+        admin = AdminClient({"bootstrap.servers": bootstrap, "reconnect.backoff.ms": RECONNECT_BACKOFF_MS})
+        md = admin.list_topics(timeout=2)
     except Exception as exc:
         return ComponentHealth(status="down", detail=f"{bootstrap}: {exc}")
     return ComponentHealth(

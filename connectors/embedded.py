@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from connectors.processes import die_with_parent, free_port, pid_alive, port_free, port_open, terminate
+from connectors.settings import RECONNECT_BACKOFF_MS
 
 log = logging.getLogger("ticktape.embedded")
 
@@ -164,7 +165,8 @@ def start_broker(home: Path, *, port: int | None = None, owned: bool = False, ti
             raise ServiceError(msg)
         if port_open("127.0.0.1", port):
             try:
-                AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=2)
+                admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "reconnect.backoff.ms": RECONNECT_BACKOFF_MS})
+                admin.list_topics(timeout=2)
                 break
             except Exception:
                 pass

@@ -30,6 +30,7 @@ from connectors.settings import (
     FETCH_QUEUE_BACKOFF_MS,
     KAFKA_FETCH_WAIT_MS,
     KAFKA_LINGER_MS,
+    RECONNECT_BACKOFF_MS,
     TANSU_FETCH_WAIT_MS,
     TANSU_LINGER_MS,
     Settings,
@@ -89,6 +90,7 @@ class KafkaClientConfig:
     def producer(self, **overrides: Any) -> dict[str, Any]:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
+            "reconnect.backoff.ms": RECONNECT_BACKOFF_MS,
             "linger.ms": TANSU_LINGER_MS if self.tansu else KAFKA_LINGER_MS,
             "batch.size": 1_000_000,
             "batch.num.messages": 100_000,
@@ -104,6 +106,7 @@ class KafkaClientConfig:
     def consumer(self, **overrides: Any) -> dict[str, Any]:
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
+            "reconnect.backoff.ms": RECONNECT_BACKOFF_MS,
             "group.id": "ticktape-assign-only",  # required by librdkafka; we assign() and never commit
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -121,7 +124,7 @@ class KafkaClientConfig:
         return conf
 
     def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap})
+        return AdminClient({"bootstrap.servers": self.bootstrap, "reconnect.backoff.ms": RECONNECT_BACKOFF_MS})
 
 
 def cluster_id(admin: AdminClient, timeout: float = 10.0) -> str:

@@ -39,6 +39,11 @@ KAFKA_FETCH_WAIT_MS = 100
 # Either broker: how soon a client with a full prefetch queue fetches again (librdkafka's
 # default, 1000 ms, stalls replays; see connectors.kafka).
 FETCH_QUEUE_BACKOFF_MS = 10
+# Every client: the first wait before (re)connecting to a broker (doubling up to librdkafka's
+# 10 s maximum). A new client's first request often found its connection still held back by
+# half of the default 100 ms: each fresh admin, consumer or producer paid ~50 ms, about 0.2 s
+# of a small backtest, which makes several (see connectors.kafka).
+RECONNECT_BACKOFF_MS = 10
 
 
 class ConfigError(Exception):
