@@ -374,8 +374,8 @@ class _Outputs:
 
 def _outputs(kafka: KafkaClientConfig, catalog: TopicCatalog) -> _Outputs:
     names = [catalog.name(t) for t in ("ord.intents", "ord.fills", "risk.events")]
-    intents, fills, risk = ([v for _p, v in recs] for recs in read_topics(kafka, names).values())
-    return _Outputs(intents, fills, risk)
+    got = read_topics(kafka, names)
+    return _Outputs(*([v for _p, v in got[name]] for name in names))
 
 
 # ----------------------------------------------------------------------------- results
