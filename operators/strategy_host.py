@@ -18,7 +18,7 @@ configure arrive as control commands and apply to the instance everywhere it run
 ...         raise ZeroDivisionError("bad math")
 >>> host = StrategyHost("NSE:INFY", [Deployment("b1", "boom", reg.params("boom", {"timeframe": "1m"}))], reg,
 ...                     max_errors=2)
->>> from schemas.market import Candle
+>>> from schemas.market import Candle, Instrument
 >>> c = Candle(instrument="NSE:INFY", timeframe="1m", open_time=0, ts_event=60, ts_init=60, open=1.0, high=1.0,
 ...            low=1.0, close=1.0, volume=1, trade_count=1, vwap=1.0, oi=0, final=True)
 >>> [(e.error_count, e.disabled) for e in host.on_candle(c, {}, now=60) + host.on_candle(c, {}, now=61)]
@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Any, overload
 
 from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
-from schemas.market import Candle
+from schemas.market import Candle, Instrument
 from schemas.orders import TargetPosition
 from schemas.risk import StrategyError
 from strategies.base import Strategy, StrategyContext, StrategyParams
@@ -55,6 +55,40 @@ class Deployment:
 
     def subscribes(self, instrument: str) -> bool:
         return not self.params.instruments or instrument in self.params.instruments
+
+    def untradable(self, master: Iterable[Instrument]) -> str | None:
+        """Why some instruments of ``master`` it subscribes to can never be traded, or None.
+
+        The risk gate rounds a target toward zero to whole lots and refuses indices, so on an
+        instrument whose lot exceeds ``qty`` (1 share of a NIFTY future, lot 75) or an index
+        every signal ends as a ``LOT_SIZE`` or ``UNKNOWN_INSTRUMENT`` rejection. Said once at
+        start, not learnt from a stream of rejections.
+
+        >>> from schemas.market import InstrumentType as T
+        >>> def row(key, kind, lot):
+        ...     return Instrument(instrument=key, instrument_token=1, exchange_token=1, tradingsymbol=key, name=key,
+        ...                       exchange="NSE", segment="NSE", instrument_type=kind, tick_size=0.05, lot_size=lot)
+        >>> from strategies.base import StrategyParams
+        >>> d = Deployment("ema_1", "ema_crossover", StrategyParams(qty=10))
+        >>> print(d.untradable([row("NSE:INFY", T.EQ, 1), row("NFO:NIFTYFUT", T.FUT, 75), row("NSE:NIFTY 50", T.INDEX, 1)]))
+        2 of its 3 instruments never trade: NFO:NIFTYFUT has a lot (75) above its qty 10, NSE:NIFTY 50 is an index
+        """
+        qty = self.params.qty
+        mine = [i for i in master if self.subscribes(i.instrument)]
+        big = [i for i in mine if i.tradable and i.lot_size > qty]
+        index = [i for i in mine if not i.tradable]
+        if not big and not index:
+            return None
+        parts = []
+        if big:
+            lots = sorted({i.lot_size for i in big})
+            lot = f"a lot ({lots[0]})" if len(lots) == 1 else f"lots ({lots[0]}-{lots[-1]})"
+            who = big[0].instrument if len(big) == 1 else f"{len(big)} (e.g. {big[0].instrument})"
+            parts.append(f"{who} {'has' if len(big) == 1 else 'have'} {lot} above its qty {qty}")
+        if index:
+            who = index[0].instrument if len(index) == 1 else f"{len(index)} (e.g. {index[0].instrument})"
+            parts.append(f"{who} {'is an index' if len(index) == 1 else 'are indices'}")
+        return f"{len(big) + len(index)} of its {len(mine)} instruments never trade: {', '.join(parts)}"
 
 
 class RecentCandles(Sequence[Candle]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections import deque
+from datetime import date
 
 import pytest
 
@@ -218,3 +219,21 @@ def test_recent_candles_slice_as_a_tuple_of_the_history_would() -> None:
     view = RecentCandles(history)
     for cut in (slice(-3, None), slice(None, 2), slice(None, None, -7), slice(5, -5, 3), slice(100, None), slice(-100, 3)):
         assert view[cut] == tuple(history)[cut], cut
+
+
+def test_a_deployment_says_which_of_its_instruments_it_can_never_trade() -> None:
+    from connectors.brokers.universe import build_universe
+    from schemas.market import InstrumentType
+    from tests.stubs import instrument
+
+    master = [instrument("NSE:INFY"), instrument("NSE:TCS"), instrument("NFO:X", InstrumentType.FUT, lot=50)]
+    assert Deployment("a", "k", StrategyParams(qty=50)).untradable(master) is None  # a lot of 50 fits qty 50
+    assert Deployment("b", "k", StrategyParams(qty=1, instruments=("NSE:INFY",))).untradable(master) is None
+    why = Deployment("c", "k", StrategyParams(qty=1, instruments=("NSE:INFY", "NFO:X"))).untradable(master)
+    assert why == "1 of its 2 instruments never trade: NFO:X has a lot (50) above its qty 1"
+    # The simulator's universe: qty 1 trades only the stocks (the latency bench's deployments).
+    universe = build_universe(date(2026, 11, 20), 500)
+    stocks = sum(i.instrument_type is InstrumentType.EQ for i in universe)
+    why = Deployment("d", "k", StrategyParams(qty=1)).untradable(universe)
+    assert why is not None and why.startswith(f"{500 - stocks} of its 500 instruments never trade: ")
+    assert "are indices" in why and "have lots (" in why, why
