@@ -185,16 +185,14 @@ def _tails(client: KafkaClientConfig, topic: str, timeout: float) -> dict[int, t
     return out
 
 
-def read_all(client: KafkaClientConfig, topic: str, timeout: float = 30.0) -> list[tuple[int, bytes]]:
-    """Every ``(partition, value)`` of ``topic``, partition by partition in log order, read to
-    each partition's end-of-partition event (a bounded read of a finished run's output)."""
+def read_all(client: KafkaClientConfig, topic: str, timeout: float = 30.0) -> list[bytes]:
+    """Every value of ``topic``, partition by partition in log order, read to each partition's
+    end-of-partition event (a bounded read of a finished run's output)."""
     return read_topics(client, [topic], timeout)[topic]
 
 
-def read_topics(
-    client: KafkaClientConfig, topics: Sequence[str], timeout: float = 30.0
-) -> dict[str, list[tuple[int, bytes]]]:
-    """:func:`read_all` of several topics with one consumer: ``topic -> [(partition, value)]``.
+def read_topics(client: KafkaClientConfig, topics: Sequence[str], timeout: float = 30.0) -> dict[str, list[bytes]]:
+    """:func:`read_all` of several topics with one consumer: ``topic -> values``.
 
     Every partition is read at once, each call taking what has arrived: ``consume(n, t)``
     waits the whole ``t`` for ``n`` records, and one partition at a time that wait came per
@@ -231,7 +229,7 @@ def read_topics(
                 deadline = time.monotonic() + timeout
     finally:
         c.close()
-    return {t: [(p, v) for p in range(known[t]) for v in got[(t, p)]] for t in topics}
+    return {t: [v for p in range(known[t]) for v in got[(t, p)]] for t in topics}
 
 
 def end_offsets(client: KafkaClientConfig, topic: str, timeout: float = 10.0) -> dict[tuple[str, int], int]:

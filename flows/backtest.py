@@ -375,7 +375,7 @@ class _Outputs:
 def _outputs(kafka: KafkaClientConfig, catalog: TopicCatalog) -> _Outputs:
     names = [catalog.name(t) for t in ("ord.intents", "ord.fills", "risk.events")]
     got = read_topics(kafka, names)
-    return _Outputs(*([v for _p, v in got[name]] for name in names))
+    return _Outputs(*(got[name] for name in names))
 
 
 # ----------------------------------------------------------------------------- results

@@ -104,8 +104,8 @@ def _show(v: Any) -> str:
 def _decoded(kafka: KafkaClientConfig, catalog: TopicCatalog) -> list[Any]:
     req, fill = codec_for(VenueRequest), codec_for(Fill)
     got = read_topics(kafka, [catalog.name("ord.intents"), catalog.name("ord.fills")])
-    out: list[Any] = [req.decode(v) for _p, v in got[catalog.name("ord.intents")]]
-    out += [fill.decode(v) for _p, v in got[catalog.name("ord.fills")]]
+    out: list[Any] = [req.decode(v) for v in got[catalog.name("ord.intents")]]
+    out += [fill.decode(v) for v in got[catalog.name("ord.fills")]]
     return out
 
 
@@ -113,7 +113,7 @@ def horizon_of(kafka: KafkaClientConfig, catalog: TopicCatalog, recorded: Iterab
     """The newest event time the live flow published (candles, including in-progress ones,
     and its own orders): how far into md.ticks it got."""
     candle = codec_for(Candle)
-    newest = max((candle.decode(v).ts_event for _p, v in read_all(kafka, catalog.name("md.candles"))), default=0)
+    newest = max((candle.decode(v).ts_event for v in read_all(kafka, catalog.name("md.candles"))), default=0)
     return max([newest, *(v.ts_event for v in recorded)])
 
 

@@ -294,7 +294,7 @@ def read_published(client: KafkaClientConfig, catalog: TopicCatalog, account: st
                                               ("ord.fills", Fill))}  # fmt: skip
     for topic, records in read_topics(client, list(kinds)).items():
         decode = codec_for(kinds[topic]).decode
-        for _p, value in records:
+        for value in records:
             ev = decode(value)
             if ev.account == account and ev.ts_event >= since_ns:
                 out.append(ev)

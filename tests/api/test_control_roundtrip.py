@@ -43,7 +43,7 @@ S = 10**9
 
 def _signals(kafka: KafkaClientConfig, catalog: TopicCatalog) -> list[TargetPosition]:
     codec = codec_for(TargetPosition)
-    return [codec.decode(v) for _, v in read_all(kafka, catalog.name("sig.signals"))]
+    return [codec.decode(v) for v in read_all(kafka, catalog.name("sig.signals"))]
 
 
 class _Watch:
@@ -122,8 +122,8 @@ def test_disable_and_emergency_stop_act_within_a_second(
         seen_at = watch.until(lambda e: type(e) is TradingStateChanged and e.current is TradingState.HALTED, 30)
         time.sleep(3)
         signals = _signals(kafka, catalog)
-        events = [codec_for(RiskEvent).decode(v) for _, v in read_all(kafka, catalog.name("risk.events"))]
-        requests = [codec_for(VenueRequest).decode(v) for _, v in read_all(kafka, catalog.name("ord.intents"))]
+        events = [codec_for(RiskEvent).decode(v) for v in read_all(kafka, catalog.name("risk.events"))]
+        requests = [codec_for(VenueRequest).decode(v) for v in read_all(kafka, catalog.name("ord.intents"))]
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=90)

@@ -83,7 +83,7 @@ def client(kafka: KafkaClientConfig, catalog: TopicCatalog, database_url: str, t
 
 def _commands(kafka: KafkaClientConfig, catalog: TopicCatalog) -> list[object]:
     codec = codec_for(Control)
-    return [codec.decode(v) for _p, v in read_all(kafka, catalog.name("ctl.commands"))]
+    return [codec.decode(v) for v in read_all(kafka, catalog.name("ctl.commands"))]
 
 
 def _problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]

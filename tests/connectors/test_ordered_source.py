@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from connectors.kafka import KafkaClientConfig, OrderedSource, delete_topics
+from connectors.kafka import KafkaClientConfig, OrderedSource
 from schemas.topics import TopicCatalog
 
 
@@ -104,48 +103,6 @@ def test_end_offsets_and_last_values_read_the_log_not_the_batch_watermark(
     assert p.flush(10) == 0
     assert end_offsets(kafka, topic) == {(topic, 0): 25, (topic, 1): 0, (topic, 2): 0, (topic, 3): 0}
     assert [_ts(v) for v in last_values(kafka, topic)] == [24]
-
-
-def test_read_all_gives_every_partition_in_log_order_without_waiting_per_partition(kafka: KafkaClientConfig) -> None:
-    """A finished run's output is read back whole: partition by partition, each in log order,
-    empty partitions included - in one pass, not one consume timeout per partition (reading a
-    backtest's three outputs took 1.7 s that way, a fifth of the candle replay bench)."""
-    import time
-    import uuid
-
-    from confluent_kafka.admin import NewTopic
-
-    from connectors.kafka import KafkaUnavailable, read_all, read_topics
-
-    topic = f"t{uuid.uuid4().hex[:10]}.readall"
-    admin = kafka.admin()
-    for fut in admin.create_topics([NewTopic(topic, 8, 1)]).values():
-        fut.result(15)
-    try:
-        p = Producer(kafka.producer())
-        written: dict[int, list[int]] = {0: list(range(30)), 3: [100, 101], 7: [200]}
-        for batch in range(3):  # partition 0 in three batches
-            for part, values in written.items():
-                for v in values[batch * 10 : (batch + 1) * 10]:
-                    p.produce(topic, json.dumps({"ts": v}).encode(), partition=part)
-            assert p.flush(10) == 0
-        t0 = time.monotonic()
-        got = read_all(kafka, topic)
-        took = time.monotonic() - t0
-        assert [(part, _ts(v)) for part, v in got] == [(part, v) for part, vs in sorted(written.items()) for v in vs]
-        # One consume timeout per partition (the old reader) is at least 8 x 0.5 s.
-        assert took < 2.0, f"read 33 records of 8 partitions in {took:.2f} s"
-        # Several topics with one consumer, each as read_all gives it; a missing one is named.
-        other = f"{topic}.other"
-        for fut in admin.create_topics([NewTopic(other, 1, 1)]).values():
-            fut.result(15)
-        p.produce(other, b"x", partition=0)
-        assert p.flush(10) == 0
-        assert read_topics(kafka, [other, topic]) == {other: [(0, b"x")], topic: got}
-        with pytest.raises(KafkaUnavailable, match=r"topic nope\.1, nope\.2 does not exist"):
-            read_topics(kafka, [topic, "nope.1", "nope.2"])
-    finally:
-        delete_topics(admin, [topic, f"{topic}.other"])
 
 
 def test_a_tailing_source_reports_its_consumer_lag(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:

@@ -22,10 +22,6 @@ from tests.stubs import simulated
 DAY = date(2026, 11, 23)
 
 
-def _read_all(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
-    return [v for _p, v in read_all(kafka, topic)]
-
-
 def _ingest(kafka: KafkaClientConfig, catalog: TopicCatalog, steps: int, bad_rate: float) -> ingest.SimConfig:
     u = tuple(build_universe(DAY, 100))
     cfg = ingest.SimConfig(universe=u, seed=11, groups=2, day=DAY, speed=0, bad_tick_rate=bad_rate, max_steps=steps)
@@ -49,10 +45,10 @@ def test_bad_ticks_reach_dlq_with_reasons_and_no_valid_tick_is_lost(kafka, catal
     expected_ticks, expected_bad = _expected(cfg)
     assert sum(expected_bad.values()) >= 20
 
-    got = [codec_for(Tick).decode(v) for v in _read_all(kafka, catalog.name("md.ticks"))]
+    got = [codec_for(Tick).decode(v) for v in read_all(kafka, catalog.name("md.ticks"))]
     assert sorted(got, key=lambda t: (t.instrument, t.seq)) == sorted(expected_ticks, key=lambda t: (t.instrument, t.seq))
 
-    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"))]
+    dlq = [codec_for(RejectedEvent).decode(v) for v in read_all(kafka, catalog.name("md.dlq"))]
     assert Counter(r.reason.value for r in dlq) == expected_bad  # every defect caught, with the right reason
     assert all(r.detail and r.payload and r.source_topic == catalog.name("md.ticks") for r in dlq)
 
@@ -188,7 +184,7 @@ def test_persist_dead_letters_unknown_instruments_and_undecodable_records(kafka,
             "SELECT partition, next_offset FROM kafka_offsets WHERE topic = %s ORDER BY 1", (topic,)
         ).fetchall()
     assert committed == [(0, 2), (1, 1)]  # every record accounted for: stored or dead-lettered
-    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"))]
+    dlq = [codec_for(RejectedEvent).decode(v) for v in read_all(kafka, catalog.name("md.dlq"))]
     by_reason = {r.reason.value: r for r in dlq}
     assert set(by_reason) == {"unknown_instrument", "malformed"}
     assert by_reason["unknown_instrument"].instrument == "NSE:GHOST"

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from connectors.brokers.universe import build_universe
-from connectors.kafka import KafkaClientConfig
+from connectors.kafka import KafkaClientConfig, read_all
 from connectors.shutdown import STOP
 from flows import live
 from flows.pipeline import MarketClock, PipelineConfig
@@ -23,7 +23,7 @@ from schemas.analytics import IndicatorSnapshot, OptionChainStats
 from schemas.codec import codec_for, encode
 from schemas.market import Candle, RejectedEvent, Tick
 from schemas.topics import TopicCatalog
-from tests.flows.test_ingest_persist import _expected, _ingest, _read_all
+from tests.flows.test_ingest_persist import _expected, _ingest
 
 DAY = date(2026, 11, 23)
 S = 10**9
@@ -46,7 +46,7 @@ def test_replay_candles_are_exact_and_byte_identical(kafka: KafkaClientConfig, c
     runs = []
     for _ in range(2):
         run_main(live.build(kafka, catalog, cfg.universe, pcfg, tail=False))
-        candles = _read_all(kafka, catalog.name("md.candles"))
+        candles = read_all(kafka, catalog.name("md.candles"))
         runs.append(_by_key(candles, Candle))
         # clear the output topics for the second run
         from connectors.kafka import create_topics, delete_topics
@@ -81,7 +81,7 @@ def test_analytics_events_are_published(kafka: KafkaClientConfig, catalog: Topic
     from schemas.analytics import AnalyticsEvent
 
     codec = codec_for(AnalyticsEvent)
-    events = [codec.decode(v) for v in _read_all(kafka, catalog.name("md.analytics"))]
+    events = [codec.decode(v) for v in read_all(kafka, catalog.name("md.analytics"))]
     kinds = {type(e).__name__ for e in events}
     assert {"IndicatorSnapshot", "OptionChainStats", "MarketSummary"} <= kinds, kinds
     snaps = [e for e in events if isinstance(e, IndicatorSnapshot)]
@@ -140,14 +140,14 @@ def test_live_mode_closes_an_idle_instruments_bar_on_time(kafka: KafkaClientConf
         STOP.set()
         runner.join(30)
         STOP.clear()
-    candles = [codec_for(Candle).decode(v) for v in _read_all(kafka, catalog.name("md.candles"))]
+    candles = [codec_for(Candle).decode(v) for v in read_all(kafka, catalog.name("md.candles"))]
     bar_open = base + (last_a - base) // S * S  # the 1s bar holding A's last tick (base is a whole second)
     (last_bar,) = [c for c in candles if c.instrument == a and c.timeframe == "1s" and c.final and c.open_time == bar_open]
     due_wall = wall0 + (bar_open + S - base) + int(grace.total_seconds() * 1e9)
     late_by_ms = (last_bar.ts_init - due_wall) / 1e6
     print(f"idle bar closed {late_by_ms:.1f} ms after bar end + grace")
     assert -50 <= late_by_ms <= 100, f"closed {late_by_ms:.0f} ms after bar end + grace"
-    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"))]
+    dlq = [codec_for(RejectedEvent).decode(v) for v in read_all(kafka, catalog.name("md.dlq"))]
     assert dlq == []  # live ticks in order: nothing late
     timed = REGISTRY.get_sample_value("ticktape_step_batch_seconds_count", {"step": "instrument"}) - timed_before
     assert timed >= 10, f"{timed} instrument batches timed"  # live: every batch of A and B (46 here)
@@ -185,13 +185,13 @@ def test_late_and_undecodable_ticks_go_to_the_dead_letter_topic(kafka: KafkaClie
     acfg = AnalyticsConfig(timeframes=("1s",), indicators=("ema:3",), publish_timeframes=())
     run_main(live.build(kafka, catalog, universe, PipelineConfig(analytics=acfg, open_interest=False), tail=False))
 
-    dlq = [codec_for(RejectedEvent).decode(v) for v in _read_all(kafka, catalog.name("md.dlq"))]
+    dlq = [codec_for(RejectedEvent).decode(v) for v in read_all(kafka, catalog.name("md.dlq"))]
     assert sorted(r.reason.value for r in dlq) == ["late", "malformed"]
     late = next(r for r in dlq if r.reason.value == "late")
     assert codec_for(Tick).decode(late.payload) == sent[2] and late.ts_event == sent[2].ts_event
     malformed = next(r for r in dlq if r.reason.value == "malformed")
     assert f"{topic}[0]@4" in malformed.detail
-    candles = [codec_for(Candle).decode(v) for v in _read_all(kafka, catalog.name("md.candles"))]
+    candles = [codec_for(Candle).decode(v) for v in read_all(kafka, catalog.name("md.candles"))]
     assert [(c.open, c.high, c.close) for c in candles] == [
         (100.0, 100.0, 100.0),
         (101.0, 101.0, 101.0),

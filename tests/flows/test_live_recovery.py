@@ -55,12 +55,8 @@ def _count(kafka: KafkaClientConfig, topic: str) -> int:
         c.close()
 
 
-def _read(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
-    return [v for _p, v in read_all(kafka, topic)]
-
-
 def _reasons(kafka: KafkaClientConfig, catalog: TopicCatalog) -> dict[str, int]:
-    events = (codec_for(RiskEvent).decode(v) for v in _read(kafka, catalog.name("risk.events")))
+    events = (codec_for(RiskEvent).decode(v) for v in read_all(kafka, catalog.name("risk.events")))
     return dict(collections.Counter(getattr(e, "reason_code", type(e).__name__) for e in events))
 
 
@@ -68,7 +64,7 @@ def _history(kafka: KafkaClientConfig, catalog: TopicCatalog, coid: str, at_kill
     """An order's published record in log order per topic, marked before/after the kill (failure detail)."""
     out = []
     for topic in ("ord.intents", "ord.updates", "ord.fills"):
-        for offset, raw in enumerate(_read(kafka, catalog.name(topic))):
+        for offset, raw in enumerate(read_all(kafka, catalog.name(topic))):
             e = msgspec.json.decode(raw)
             if e.get("client_order_id") == coid:
                 when = "after" if offset >= at_kill[topic] else "before"
@@ -84,7 +80,7 @@ def _trail(
     """One strategy's record in one instrument (failure detail): intents, fills, positions."""
     out = []
     for topic in ("ord.intents", "ord.fills", "pf.positions"):
-        for offset, raw in enumerate(_read(kafka, catalog.name(topic))):
+        for offset, raw in enumerate(read_all(kafka, catalog.name(topic))):
             e = msgspec.json.decode(raw)
             if e.get("strategy") == strategy and e.get("instrument") == symbol:
                 when = "after" if offset >= at_kill.get(topic, 0) else "before"
@@ -172,7 +168,7 @@ def test_kill_9_mid_burst_then_resume_from_recovery(
             live.wait(30)
 
     # At-least-once output: a fill re-emitted after the restart must be the same fill.
-    fills = [codec_for(Fill).decode(v) for v in _read(kafka, fills_topic)]
+    fills = [codec_for(Fill).decode(v) for v in read_all(kafka, fills_topic)]
     by_trade: dict[tuple[str, str], set[tuple[object, ...]]] = defaultdict(set)
     for f in fills:
         by_trade[f.venue, f.trade_id].add((f.client_order_id, f.side, f.qty, f.price, f.ts_event))

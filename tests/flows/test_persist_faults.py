@@ -24,6 +24,7 @@ import pytest
 from bytewax.testing import run_main
 
 from connectors import embedded
+from connectors.kafka import read_all
 from connectors.postgres.instruments import upsert_instruments
 from connectors.postgres.migrate import migrate
 from connectors.processes import pid_alive
@@ -32,7 +33,7 @@ from flows.pipeline import PipelineConfig
 from operators.analytics import AnalyticsConfig
 from schemas.codec import codec_for
 from schemas.market import Candle
-from tests.flows.test_ingest_persist import _expected, _ingest, _read_all
+from tests.flows.test_ingest_persist import _expected, _ingest
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_kill9_of_persist_and_of_postgres_loses_and_duplicates_nothing(kafka, ca
         candle_codec = codec_for(Candle)
         finals = {
             (c.instrument, c.timeframe, c.open_time)
-            for c in (candle_codec.decode(v) for v in _read_all(kafka, catalog.name("md.candles")))
+            for c in (candle_codec.decode(v) for v in read_all(kafka, catalog.name("md.candles")))
             if c.final
         }
         assert len(finals) > 10_000

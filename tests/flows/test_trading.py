@@ -65,7 +65,7 @@ def test_the_flow_counts_the_signals_it_publishes(traded: dict[str, Any]) -> Non
     from schemas.orders import TargetPosition
 
     codec = codec_for(TargetPosition)
-    published = [codec.decode(v).strategy for _, v in read_all(traded["kafka"], traded["catalog"].name("sig.signals"))]
+    published = [codec.decode(v).strategy for v in read_all(traded["kafka"], traded["catalog"].name("sig.signals"))]
     assert published, "the session made no signals: nothing was tested"
     assert traded["signals_counted"] == {s: float(published.count(s)) for s in ("ema", "st")}
 
@@ -138,11 +138,6 @@ def test_orders_fills_and_positions_agree(traded: dict[str, object]) -> None:
         assert realized == pytest.approx(book[key][2], abs=0.02), key
 
 
-def _values(kafka: KafkaClientConfig, topic: str) -> list[bytes]:
-    """Every value of ``topic`` (one partition), in order."""
-    return [v for _p, v in read_all(kafka, topic)]
-
-
 def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, catalog: TopicCatalog) -> None:
     """The same md.ticks replayed twice (event-time order, one worker) gives the same orders,
     updates, fills, positions and risk events, byte for byte and in the same order."""
@@ -176,14 +171,14 @@ def test_a_replay_trades_byte_identically_every_time(kafka: KafkaClientConfig, c
         delete_topics(admin, outputs)
         create_topics(admin, catalog)
         run_main(live.build(kafka, catalog, universe, pipeline, tail=False, trading=TradingSetup()))
-        return {topic: _values(kafka, topic) for topic in outputs}
+        return {topic: read_all(kafka, topic) for topic in outputs}
 
     bad = Producer(kafka.producer())  # a malformed control command is dead-lettered, naming where it was
     bad.produce(catalog.name("ctl.commands"), b'{"type":"Halt","command_id":', b"paper")
     assert bad.flush(10) == 0
     first, second = replay(), replay()
     assert len(first[catalog.name("ord.fills")]) > 20
-    dlq = _values(kafka, catalog.name("md.dlq"))
+    dlq = read_all(kafka, catalog.name("md.dlq"))
     assert dlq and all(f"{catalog.name('ctl.commands')}[0]@0" in codec_for(RejectedEvent).decode(v).detail for v in dlq)
     for topic in outputs:
         assert first[topic] == second[topic], topic
