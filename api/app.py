@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Literal
 
 import psycopg
-from confluent_kafka.admin import AdminClient
 from fastapi import Depends, FastAPI, Response, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,7 +30,7 @@ from api import auth, errors, security
 from api.deps import AppState, known_query
 from api.routes import backtests, market, risk, strategies, trading
 from api.ws import Hub
-from connectors.settings import RECONNECT_BACKOFF_MS, Settings, load_settings
+from connectors.settings import Settings, load_settings
 from connectors.supervision import FlowStatus, read_flow_status
 
 Status = Literal["ok", "degraded", "down"]
@@ -72,12 +71,13 @@ def _endpoints(settings: Settings) -> tuple[str | None, str | None]:
 
 
 def _check_broker(bootstrap: str | None) -> ComponentHealth:
+    from connectors.kafka import KafkaClientConfig
+
     if bootstrap is None:
         return ComponentHealth(status="down", detail="no broker configured or running")
     t = time.perf_counter()
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "reconnect.backoff.ms": RECONNECT_BACKOFF_MS})
-        md = admin.list_topics(timeout=2)
+        md = KafkaClientConfig(bootstrap, tansu=False).admin().list_topics(timeout=2)  # an admin client ignores tansu
     except Exception as exc:
         return ComponentHealth(status="down", detail=f"{bootstrap}: {exc}")
     return ComponentHealth(

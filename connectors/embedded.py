@@ -28,7 +28,6 @@ from pathlib import Path
 import msgspec
 
 from connectors.processes import die_with_parent, free_port, pid_alive, port_free, port_open, terminate
-from connectors.settings import RECONNECT_BACKOFF_MS
 
 log = logging.getLogger("ticktape.embedded")
 
@@ -125,7 +124,7 @@ def start_broker(home: Path, *, port: int | None = None, owned: bool = False, ti
     running = read_state(home).broker
     if running is not None:
         return running
-    from confluent_kafka.admin import AdminClient
+    from connectors.kafka import KafkaClientConfig
 
     bdir = home / "broker"
     bdir.mkdir(parents=True, exist_ok=True)
@@ -165,8 +164,7 @@ def start_broker(home: Path, *, port: int | None = None, owned: bool = False, ti
             raise ServiceError(msg)
         if port_open("127.0.0.1", port):
             try:
-                admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "reconnect.backoff.ms": RECONNECT_BACKOFF_MS})
-                admin.list_topics(timeout=2)
+                KafkaClientConfig(f"127.0.0.1:{port}", tansu=True).admin().list_topics(timeout=2)
                 break
             except Exception:
                 pass
