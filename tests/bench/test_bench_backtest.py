@@ -17,25 +17,22 @@ import time
 import uuid
 from datetime import date
 from pathlib import Path
-from typing import Any
 
-import bytewax.operators as op
 import psutil
 import pytest
-from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 
 import strategies.builtin  # noqa: F401
 from connectors.history import ReadReport
-from connectors.kafka import KafkaClientConfig, OrderedSource, create_topics, delete_topics
+from connectors.kafka import KafkaClientConfig, create_topics, delete_topics
 from flows import live
 from flows.backtest import BacktestSpec, MarketInput, _pipeline, load_topic, run_backtest, universe_for
 from flows.optimize import evaluate_all, grid
-from flows.pipeline import PipelineConfig, market_parser
+from flows.pipeline import PipelineConfig
 from operators.strategy_host import Deployment
-from schemas.market import Candle
 from schemas.topics import load_catalog
 from strategies.registry import REGISTRY
+from tests.bench.ceiling import framework_ceiling
 from tests.bench.harness import measure
 from tests.bench.test_bench_trading import deployments
 from tests.stubs import random_walk_candles, sim_ticks
@@ -62,27 +59,6 @@ def _baseline(kafka: KafkaClientConfig, topic: str, spec: BacktestSpec, market: 
         delete_topics(kafka.admin(), [s.name for s in catalog.values()])
 
 
-class _Discard(op.StatefulBatchLogic[Any, Any, None]):
-    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
-        return [], op.StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> None:
-        return None
-
-
-def _ceiling(kafka: KafkaClientConfig, topic: str, market: MarketInput) -> float:
-    """What Bytewax and the broker allow at most on this machine: the replay's own source
-    (read, decode, event-time merge) into a step keyed by instrument that does nothing -
-    no candle book, indicators, strategy or desk. Whatever those cost comes on top."""
-    flow = Dataflow("ceiling")
-    bars = op.input("md", flow, OrderedSource(kafka, topic, market_parser(Candle, topic, market.timeframe),
-                                              tail=False, batch_size=20_000))  # fmt: skip
-    op.inspect("end", op.stateful_batch("instrument", bars, lambda _: _Discard()), lambda *_: None)
-    t0 = time.perf_counter()
-    run_main(flow)
-    return len(market.events) / (time.perf_counter() - t0)
-
-
 def _replay(kafka: KafkaClientConfig, topic: str, spec: BacktestSpec, market: MarketInput, universe: list) -> float:
     t0 = time.perf_counter()
     run_backtest(spec, market, universe, kafka, Path(), run_id=f"bench{uuid.uuid4().hex[:6]}", source=topic, write=False)
@@ -101,7 +77,7 @@ def test_candle_replay_bars_per_second(kafka: KafkaClientConfig) -> None:
     ceilings: list[float] = []
 
     def baseline() -> float:  # the ceiling runs beside the baseline, so all three see the same machine
-        ceilings.append(_ceiling(kafka, topic, market))
+        ceilings.append(framework_ceiling(kafka, topic, len(market.events), market.timeframe))
         return _baseline(kafka, topic, spec, market, universe)
 
     try:
