@@ -250,18 +250,34 @@ def resume(
 
 @strategies_app.command("list")
 def strategies_list() -> None:
-    """Deployments in the strategies table."""
+    """Deployments in the strategies table, and what keeps any of them from trading."""
+    import strategies.builtin  # noqa: F401  (registers the built-ins)
     from connectors.postgres import connect
+    from connectors.postgres.instruments import load_instruments
+    from operators.strategy_host import Deployment
+    from strategies.registry import REGISTRY, ParamsError, UnknownStrategy
 
     s = _settings()
     with connect(_endpoints(s).database_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT id, class_name, is_enabled, account, config::text FROM strategies ORDER BY id"
+            "SELECT id, class_name, is_enabled, account, config, config::text FROM strategies ORDER BY id"
         ).fetchall()
+        master = load_instruments(conn) if rows else []
     table = Table("id", "strategy", "enabled", "account", "params")
-    for sid, kind, enabled, account, config in rows:
-        table.add_row(sid, kind, "yes" if enabled else "no", account, config)
+    notes: list[tuple[str, str]] = []
+    for sid, kind, enabled, account, config, text in rows:
+        table.add_row(sid, kind, "yes" if enabled else "no", account, text)
+        # What live start checks too: params it would refuse, and instruments it could never trade.
+        try:
+            d = Deployment(sid, kind, REGISTRY.params(kind, config), account, enabled)
+        except (ParamsError, UnknownStrategy) as exc:
+            notes.append((f"{sid}: {exc}; live start refuses the strategies table until it is fixed", "red"))
+            continue
+        if enabled and (why := d.untradable(master)):
+            notes.append((f"{sid}: {why}; its signals there are rejected", "yellow"))
     console.print(table)
+    for text, style in notes:
+        console.print(text, style=style, markup=False, highlight=False)
 
 
 def _strategy_kind(s: Settings, sid: str) -> tuple[str, str]:
@@ -277,6 +293,7 @@ def _strategy_kind(s: Settings, sid: str) -> tuple[str, str]:
 
 @strategies_app.command("enable")
 def strategies_enable(strategy_id: str) -> None:
+    """Enable a deployment: the running flow applies it within its next batch."""
     from schemas.control import EnableStrategy
 
     s = _settings()
@@ -290,6 +307,7 @@ def strategies_disable(
     strategy_id: str,
     flatten: Annotated[bool, typer.Option(help="also close its open positions")] = False,
 ) -> None:
+    """Disable a deployment: it stops deciding; its positions stay unless --flatten."""
     from schemas.control import DisableStrategy
 
     s = _settings()

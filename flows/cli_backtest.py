@@ -104,8 +104,10 @@ def backtest(
         typer.Option(help="the run's id (default: time + random); the API assigns its own", rich_help_panel="Advanced"),
     ] = None,
 ) -> None:
-    """Replay ticks or candles through the live flow (strategies, risk gate, stops, simulated
-    venue) and write summary.json, trades.csv, equity.csv and report.html/png."""
+    """Backtest: replay ticks or candles through the live flow and write a report.
+
+    The replay runs the strategies, risk gate, stops and simulated venue of live trading, and
+    writes summary.json, trades.csv, equity.csv and report.html/png."""
     import uuid
 
     from connectors import embedded
@@ -243,8 +245,10 @@ def optimize(
     capital: CapitalOpt = 1_000_000.0,
     risk: RiskOpt = "{}",
 ) -> None:
-    """Grid or random search over a strategy's params (every point a full backtest, in parallel
-    processes), ranked by a metric; with --walk-forward, in-sample/out-of-sample windows."""
+    """Search a strategy's params (grid or random), ranked by a metric.
+
+    Every point is a full backtest, run in parallel processes; with --walk-forward, each
+    in-sample window's best point is also run on the out-of-sample days after it."""
     import uuid
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -336,8 +340,10 @@ def replay(
     session: Annotated[int | None, typer.Option(help="live_sessions id (default: the newest)")] = None,
     show: Annotated[int, typer.Option(help="differences to print per kind")] = 20,
 ) -> None:
-    """Replay what a paper session recorded (its md.ticks) through the same flow and diff the
-    intents and fills against what the session did; exit 1 when they differ."""
+    """Replay a recorded paper session and diff its intents and fills (exit 1 on a difference).
+
+    The session's md.ticks go through the same flow, and the intents and fills that come out
+    are compared with what the session did."""
     import strategies.builtin  # noqa: F401  (registers the built-ins)
     from connectors.kafka import KafkaClientConfig
     from connectors.postgres import connect
