@@ -253,31 +253,23 @@ def strategies_list() -> None:
     """Deployments in the strategies table, and what keeps any of them from trading."""
     import strategies.builtin  # noqa: F401  (registers the built-ins)
     from connectors.postgres import connect
-    from connectors.postgres.instruments import load_instruments
-    from operators.strategy_host import Deployment
-    from strategies.registry import REGISTRY, ParamsError, UnknownStrategy
+    from connectors.postgres.strategies import deployment_warning
+    from strategies.registry import REGISTRY
 
     s = _settings()
+    table = Table("id", "strategy", "enabled", "account", "params")
+    notes: list[str] = []
     with connect(_endpoints(s).database_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT id, class_name, is_enabled, account, config, config::text FROM strategies ORDER BY id"
         ).fetchall()
-        master = load_instruments(conn) if rows else []
-    table = Table("id", "strategy", "enabled", "account", "params")
-    notes: list[tuple[str, str]] = []
-    for sid, kind, enabled, account, config, text in rows:
-        table.add_row(sid, kind, "yes" if enabled else "no", account, text)
-        # What live start checks too: params it would refuse, and instruments it could never trade.
-        try:
-            d = Deployment(sid, kind, REGISTRY.params(kind, config), account, enabled)
-        except (ParamsError, UnknownStrategy) as exc:
-            notes.append((f"{sid}: {exc}; live start refuses the strategies table until it is fixed", "red"))
-            continue
-        if enabled and (why := d.untradable(master)):
-            notes.append((f"{sid}: {why}; its signals there are rejected", "yellow"))
+        for sid, kind, enabled, account, config, text in rows:
+            table.add_row(sid, kind, "yes" if enabled else "no", account, text)
+            if why := deployment_warning(conn, REGISTRY, kind, config, enabled):
+                notes.append(f"{sid}: {why}")
     console.print(table)
-    for text, style in notes:
-        console.print(text, style=style, markup=False, highlight=False)
+    for note in notes:
+        console.print(note, style="yellow", markup=False, highlight=False)
 
 
 def _strategy_kind(s: Settings, sid: str) -> tuple[str, str]:

@@ -202,7 +202,7 @@ def _flow_from_env() -> Dataflow:
         )
         for d in deployments:
             if d.enabled and (why := d.untradable(universe)):
-                log.warning("deployment %s: %s; its signals there are rejected", d.strategy_id, why)
+                log.warning("deployment %s: %s", d.strategy_id, why)
     # Under Bytewax recovery (``ticktape up`` sets it) snapshots must be copies, not the live state.
     recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
     cfg = PipelineConfig(analytics=analytics_config(s), clock=clock, strategies=strat, recovery=recovery)

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from schemas.control import ConfigureStrategy, DisableStrategy, EnableStrategy
 from schemas.market import Candle, Instrument
@@ -70,25 +70,61 @@ class Deployment:
         ...                       exchange="NSE", segment="NSE", instrument_type=kind, tick_size=0.05, lot_size=lot)
         >>> from strategies.base import StrategyParams
         >>> d = Deployment("ema_1", "ema_crossover", StrategyParams(qty=10))
-        >>> print(d.untradable([row("NSE:INFY", T.EQ, 1), row("NFO:NIFTYFUT", T.FUT, 75), row("NSE:NIFTY 50", T.INDEX, 1)]))
+        >>> why = d.untradable([row("NSE:INFY", T.EQ, 1), row("NFO:NIFTYFUT", T.FUT, 75), row("NSE:NIFTY 50", T.INDEX, 1)])
+        >>> print(why.split("; ")[0])
         2 of its 3 instruments never trade: NFO:NIFTYFUT has a lot (75) above its qty 10, NSE:NIFTY 50 is an index
+        >>> why.split("; ")[1]
+        'its signals there are rejected'
         """
         qty = self.params.qty
         mine = [i for i in master if self.subscribes(i.instrument)]
         big = [i for i in mine if i.tradable and i.lot_size > qty]
-        index = [i for i in mine if not i.tradable]
-        if not big and not index:
+        index = [i.instrument for i in mine if not i.tradable]
+        return LotFit(
+            subscribed=len(mine),
+            big=len(big),
+            big_first=min((i.instrument for i in big), default=""),
+            lots=(min(i.lot_size for i in big), max(i.lot_size for i in big)) if big else (0, 0),
+            indices=len(index),
+            index_first=min(index, default=""),
+        ).untradable(qty)
+
+
+class LotFit(NamedTuple):
+    """A deployment's subscribed instruments as far as whole lots of its qty go, from which
+    :meth:`Deployment.untradable` states what can never trade. Built from the instrument
+    master, or from an SQL count of it (the API); the examples are the first symbols in code
+    point order, so both ways give the same sentence."""
+
+    subscribed: int  # instruments it subscribes to
+    big: int  # of those, tradable with a lot above the qty
+    big_first: str
+    lots: tuple[int, int]  # the smallest and largest such lot
+    indices: int  # of those, indices (never tradable)
+    index_first: str
+
+    def untradable(self, qty: int) -> str | None:
+        """
+        >>> print(LotFit(5, 3, "NFO:A", (35, 75), 1, "NSE:N50").untradable(1).split(";")[0])
+        4 of its 5 instruments never trade: 3 (e.g. NFO:A) have lots (35-75) above its qty 1, NSE:N50 is an index
+        >>> LotFit(3, 0, "", (0, 0), 0, "").untradable(1) is None
+        True
+        """
+        if not self.big and not self.indices:
             return None
         parts = []
-        if big:
-            lots = sorted({i.lot_size for i in big})
-            lot = f"a lot ({lots[0]})" if len(lots) == 1 else f"lots ({lots[0]}-{lots[-1]})"
-            who = big[0].instrument if len(big) == 1 else f"{len(big)} (e.g. {big[0].instrument})"
-            parts.append(f"{who} {'has' if len(big) == 1 else 'have'} {lot} above its qty {qty}")
-        if index:
-            who = index[0].instrument if len(index) == 1 else f"{len(index)} (e.g. {index[0].instrument})"
-            parts.append(f"{who} {'is an index' if len(index) == 1 else 'are indices'}")
-        return f"{len(big) + len(index)} of its {len(mine)} instruments never trade: {', '.join(parts)}"
+        if self.big:
+            lo, hi = self.lots
+            lot = f"a lot ({lo})" if lo == hi else f"lots ({lo}-{hi})"
+            who = self.big_first if self.big == 1 else f"{self.big} (e.g. {self.big_first})"
+            parts.append(f"{who} {'has' if self.big == 1 else 'have'} {lot} above its qty {qty}")
+        if self.indices:
+            who = self.index_first if self.indices == 1 else f"{self.indices} (e.g. {self.index_first})"
+            parts.append(f"{who} {'is an index' if self.indices == 1 else 'are indices'}")
+        never = self.big + self.indices
+        return (
+            f"{never} of its {self.subscribed} instruments never trade: {', '.join(parts)}; its signals there are rejected"
+        )
 
 
 class RecentCandles(Sequence[Candle]):

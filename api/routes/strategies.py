@@ -33,6 +33,9 @@ class StrategyOut(BaseModel):
     account: str
     params: dict[str, Any]
     updated_at: datetime
+    # What live start says of it: params it refuses, or (enabled) instruments of the active
+    # master it can never trade - a lot above its qty, or an index. None: nothing to say.
+    warning: str | None = None
 
 
 class Accepted(BaseModel):
@@ -53,24 +56,37 @@ class Performance(BaseModel):
     rejected_orders: int
 
 
-def _row(conn: Conn, sid: str) -> StrategyOut:
-    r = conn.execute(
-        "SELECT id, class_name, description, is_enabled, account, config, updated_at FROM strategies WHERE id = %s", (sid,)
-    ).fetchone()
+_COLUMNS = "id, class_name, description, is_enabled, account, config, updated_at"
+
+
+def _out(conn: Conn, r: tuple[Any, ...], warn: bool) -> StrategyOut:
+    warning = None
+    if warn:
+        import strategies.builtin  # noqa: F401  (registers the built-ins)
+        from connectors.postgres.strategies import deployment_warning
+        from strategies.registry import REGISTRY
+
+        warning = deployment_warning(conn, REGISTRY, r[1], r[5], r[3])
+    return StrategyOut(id=r[0], kind=r[1], description=r[2], enabled=r[3], account=r[4], params=r[5], updated_at=r[6],
+                       warning=warning)  # fmt: skip
+
+
+def _row(conn: Conn, sid: str, warn: bool = False) -> StrategyOut:
+    r = conn.execute(f"SELECT {_COLUMNS} FROM strategies WHERE id = %s", (sid,)).fetchone()
     if r is None:
         raise ApiError(404, "Unknown strategy", f"no deployment {sid!r}")
-    return StrategyOut(id=r[0], kind=r[1], description=r[2], enabled=r[3], account=r[4], params=r[5], updated_at=r[6])
+    return _out(conn, r, warn)
 
 
 @router.get("/api/strategies", response_model=list[StrategyOut])
 def list_strategies(conn: Conn) -> list[StrategyOut]:
-    rows = conn.execute("SELECT id FROM strategies ORDER BY id LIMIT 1000").fetchall()
-    return [_row(conn, r[0]) for r in rows]
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM strategies ORDER BY id LIMIT 1000").fetchall()
+    return [_out(conn, r, warn=True) for r in rows]
 
 
 @router.get("/api/strategies/{strategy_id}", response_model=StrategyOut)
 def get_strategy(conn: Conn, strategy_id: StrategyId) -> StrategyOut:
-    return _row(conn, strategy_id)
+    return _row(conn, strategy_id, warn=True)
 
 
 def _send(conn: Conn, pub: Publisher, user: Caller, request: Request, cmd: Any) -> Accepted:

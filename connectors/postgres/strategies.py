@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from operators.strategy_host import Deployment
+from operators.strategy_host import Deployment, LotFit
 from strategies.registry import ParamsError, StrategyRegistry, UnknownStrategy
 
 
@@ -35,6 +35,38 @@ def load_deployments(conn: psycopg.Connection, registry: StrategyRegistry) -> tu
             raise DeploymentError(msg) from None
         out.append(Deployment(sid, kind, params, account, bool(enabled)))
     return tuple(out)
+
+
+# The active master counted by lot for one deployment's instruments (all when it lists none):
+# what LotFit needs, without loading the master.
+_LOTS = """SELECT instrument_type = 'INDEX', coalesce(lot_size, 1), count(*), min(symbol COLLATE "C")
+           FROM instruments WHERE is_active AND (%(all)s OR symbol = ANY(%(symbols)s)) GROUP BY 1, 2"""
+
+
+def deployment_warning(
+    conn: psycopg.Connection, registry: StrategyRegistry, kind: str, config: dict[str, Any], enabled: bool
+) -> str | None:
+    """What live start would say of a stored deployment, or None: params it refuses, or (when
+    enabled) instruments of the active master it can never trade (:meth:`Deployment.untradable`,
+    the same sentence, counted here by SQL)."""
+    try:
+        params = registry.params(kind, config)
+    except (ParamsError, UnknownStrategy) as exc:
+        return f"{exc}; live start refuses the strategies table until it is fixed"
+    if not enabled:
+        return None
+    symbols = list(params.instruments)
+    rows = conn.execute(_LOTS, {"all": not symbols, "symbols": symbols}).fetchall()
+    big = [(lot, n, first) for index, lot, n, first in rows if not index and lot > params.qty]
+    indices = [(n, first) for index, _, n, first in rows if index]
+    return LotFit(
+        subscribed=sum(r[2] for r in rows),
+        big=sum(n for _, n, _ in big),
+        big_first=min((first for *_, first in big), default=""),
+        lots=(min(b[0] for b in big), max(b[0] for b in big)) if big else (0, 0),
+        indices=sum(n for n, _ in indices),
+        index_first=min((first for _, first in indices), default=""),
+    ).untradable(params.qty)
 
 
 def save_deployments(conn: psycopg.Connection, deployments: Iterable[tuple[str, str, dict[str, Any], bool, str]]) -> int:

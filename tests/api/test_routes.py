@@ -163,6 +163,17 @@ def test_strategy_commands_are_validated_and_published(
                     "net_pnl": 0.0, "open_positions": 0, "orders": 0, "rejected_orders": 0}  # fmt: skip
 
 
+def test_strategies_say_what_keeps_them_from_trading(client: TestClient, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        save_deployments(conn, [("all_qty1", "ema_crossover", {"timeframe": "1m", "qty": 1}, True, ""),
+                                ("bad", "ema_crossover", {"timeframe": "1m", "slow": "x"}, False, "")])  # fmt: skip
+    listed = {s["id"]: s["warning"] for s in client.get("/api/strategies").json()}
+    assert listed["ema_1"] is None  # 10 shares of NSE:INFY: nothing to say
+    assert "instruments never trade" in listed["all_qty1"] and "are indices" in listed["all_qty1"]
+    assert "slow" in listed["bad"] and "live start refuses" in listed["bad"]
+    assert client.get("/api/strategies/all_qty1").json()["warning"] == listed["all_qty1"]
+
+
 def test_manual_trading_commands(client: TestClient, kafka: KafkaClientConfig, catalog: TopicCatalog,
                                  database_url: str) -> None:  # fmt: skip
     """Orders and closes become desk commands (the gate decides); what cannot apply is a 4xx here."""

@@ -230,7 +230,7 @@ def test_a_deployment_says_which_of_its_instruments_it_can_never_trade() -> None
     assert Deployment("a", "k", StrategyParams(qty=50)).untradable(master) is None  # a lot of 50 fits qty 50
     assert Deployment("b", "k", StrategyParams(qty=1, instruments=("NSE:INFY",))).untradable(master) is None
     why = Deployment("c", "k", StrategyParams(qty=1, instruments=("NSE:INFY", "NFO:X"))).untradable(master)
-    assert why == "1 of its 2 instruments never trade: NFO:X has a lot (50) above its qty 1"
+    assert why == "1 of its 2 instruments never trade: NFO:X has a lot (50) above its qty 1; its signals there are rejected"
     # The simulator's universe: qty 1 trades only the stocks (the latency bench's deployments).
     universe = build_universe(date(2026, 11, 20), 500)
     stocks = sum(i.instrument_type is InstrumentType.EQ for i in universe)
