@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -259,13 +259,14 @@ def strategies_list() -> None:
     s = _settings()
     table = Table("id", "strategy", "enabled", "account", "params")
     notes: list[str] = []
+    counted: dict[tuple[str, ...], list[Any]] = {}
     with connect(_endpoints(s).database_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT id, class_name, is_enabled, account, config, config::text FROM strategies ORDER BY id"
         ).fetchall()
         for sid, kind, enabled, account, config, text in rows:
             table.add_row(sid, kind, "yes" if enabled else "no", account, text)
-            if why := deployment_warning(conn, REGISTRY, kind, config, enabled):
+            if why := deployment_warning(conn, REGISTRY, kind, config, enabled, counted):
                 notes.append(f"{sid}: {why}")
     console.print(table)
     for note in notes:

@@ -59,14 +59,14 @@ class Performance(BaseModel):
 _COLUMNS = "id, class_name, description, is_enabled, account, config, updated_at"
 
 
-def _out(conn: Conn, r: tuple[Any, ...], warn: bool) -> StrategyOut:
+def _out(conn: Conn, r: tuple[Any, ...], warn: bool, counted: dict[tuple[str, ...], list[Any]] | None = None) -> StrategyOut:
     warning = None
     if warn:
         import strategies.builtin  # noqa: F401  (registers the built-ins)
         from connectors.postgres.strategies import deployment_warning
         from strategies.registry import REGISTRY
 
-        warning = deployment_warning(conn, REGISTRY, r[1], r[5], r[3])
+        warning = deployment_warning(conn, REGISTRY, r[1], r[5], r[3], counted)
     return StrategyOut(id=r[0], kind=r[1], description=r[2], enabled=r[3], account=r[4], params=r[5], updated_at=r[6],
                        warning=warning)  # fmt: skip
 
@@ -81,7 +81,8 @@ def _row(conn: Conn, sid: str, warn: bool = False) -> StrategyOut:
 @router.get("/api/strategies", response_model=list[StrategyOut])
 def list_strategies(conn: Conn) -> list[StrategyOut]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM strategies ORDER BY id LIMIT 1000").fetchall()
-    return [_out(conn, r, warn=True) for r in rows]
+    counted: dict[tuple[str, ...], list[Any]] = {}  # the master's lots, counted once per instrument list
+    return [_out(conn, r, True, counted) for r in rows]
 
 
 @router.get("/api/strategies/{strategy_id}", response_model=StrategyOut)

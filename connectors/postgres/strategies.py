@@ -44,19 +44,29 @@ _LOTS = """SELECT instrument_type = 'INDEX', coalesce(lot_size, 1), count(*), mi
 
 
 def deployment_warning(
-    conn: psycopg.Connection, registry: StrategyRegistry, kind: str, config: dict[str, Any], enabled: bool
+    conn: psycopg.Connection,
+    registry: StrategyRegistry,
+    kind: str,
+    config: dict[str, Any],
+    enabled: bool,
+    counted: dict[tuple[str, ...], list[Any]] | None = None,
 ) -> str | None:
     """What live start would say of a stored deployment, or None: params it refuses, or (when
     enabled) instruments of the active master it can never trade (:meth:`Deployment.untradable`,
-    the same sentence, counted here by SQL)."""
+    the same sentence, counted here by SQL). ``counted`` keeps the counts per instrument list
+    across calls, so listing many deployments of the whole master counts it once."""
     try:
         params = registry.params(kind, config)
     except (ParamsError, UnknownStrategy) as exc:
         return f"{exc}; live start refuses the strategies table until it is fixed"
     if not enabled:
         return None
-    symbols = list(params.instruments)
-    rows = conn.execute(_LOTS, {"all": not symbols, "symbols": symbols}).fetchall()
+    symbols = tuple(params.instruments)
+    rows = None if counted is None else counted.get(symbols)
+    if rows is None:
+        rows = conn.execute(_LOTS, {"all": not symbols, "symbols": list(symbols)}).fetchall()
+        if counted is not None:
+            counted[symbols] = rows
     big = [(lot, n, first) for index, lot, n, first in rows if not index and lot > params.qty]
     indices = [(n, first) for index, _, n, first in rows if index]
     return LotFit(
