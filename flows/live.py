@@ -24,8 +24,9 @@ import dataclasses
 import functools
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -44,12 +45,16 @@ from connectors.kafka import (
 from flows.pipeline import MarketClock, PipelineConfig, build_market, market_parser, strategy_commands
 from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
+from operators.candles import IST_OFFSET_NS, parse_timeframe
+from operators.strategy_host import Deployment
 from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
 from schemas.market import Candle, Instrument, RejectReason, Tick, rejected
 from schemas.topics import TopicCatalog
+from strategies.registry import StrategyRegistry
 
 log = logging.getLogger("ticktape.live")
+_IST = timezone(timedelta(seconds=IST_OFFSET_NS // 10**9), "IST")
 _COMMAND = codec_for(Control)
 
 
@@ -160,6 +165,60 @@ def warm_candles(conn: Any, timeframes: Sequence[str], days: int, until: Any = N
     return out
 
 
+def _span(seconds: float) -> str:
+    """``"45 s"``, ``"2 min 12 s"``, ``"22 min"``, ``"1 h 20 min"`` (seconds only under an hour)."""
+    h, rest = divmod(round(seconds), 3600)
+    m, sec = divmod(rest, 60)
+    parts = [f"{h} h"] if h else []
+    if m:
+        parts.append(f"{m} min")
+    if sec and not h:
+        parts.append(f"{sec} s")
+    return " ".join(parts) or "0 s"
+
+
+def warmup_note(
+    deployments: Iterable[Deployment],
+    universe: Iterable[str],
+    warm: Mapping[str, Sequence[Candle]],
+    registry: StrategyRegistry,
+    speed: float,
+) -> str | None:
+    r"""How long the enabled deployments wait before they can decide: the closed bars each needs
+    (``Strategy.warmup``) where the stored candles do not already hold them, and the longest
+    wait in market time from the day's first tick (the day's retained ticks replay at start
+    and count) and in wall time at the simulator's ``speed`` (0: unpaced). None when the
+    stored candles cover every one of them.
+
+    >>> import strategies.builtin
+    >>> from strategies.registry import REGISTRY
+    >>> ema = Deployment("ema_fast_1m", "ema_crossover", REGISTRY.params("ema_crossover", {"timeframe": "1m"}))
+    >>> print(warmup_note([ema], ["NSE:A", "NSE:B"], {}, REGISTRY, speed=10).replace("; ", ";\n"))
+    first decisions once warm-up bars have closed (stored candles cover none of it): ema_fast_1m 22 x 1m on 2 instruments;
+    the longest is 22 min of market time from the day's first tick, 2 min 12 s at 10x speed
+    """
+    have: Counter[tuple[str, str]] = Counter((sym, c.timeframe) for sym, cs in warm.items() for c in cs if c.final)
+    symbols = list(universe)
+    parts, longest, covered_any = [], 0.0, False
+    for d in deployments:
+        bars = registry[d.kind].warmup(d.params) if d.enabled else 0
+        if bars <= 0:
+            continue
+        tf = d.params.timeframe
+        mine = [sym for sym in symbols if d.subscribes(sym)]
+        cold = [sym for sym in mine if have[(sym, tf)] < bars]
+        covered_any |= len(cold) < len(mine)
+        if cold:
+            parts.append(f"{d.strategy_id} {bars} x {tf} on {len(cold)} instrument{'s' if len(cold) != 1 else ''}")
+            longest = max(longest, bars * parse_timeframe(tf).ns / 1e9)
+    if not parts:
+        return None
+    wall = f", {_span(longest / speed)} at {speed:g}x speed" if speed > 0 and speed != 1 else ""
+    cover = "where stored candles do not hold them" if covered_any else "stored candles cover none of it"
+    return (f"first decisions once warm-up bars have closed ({cover}): {', '.join(parts)}; "
+            f"the longest is {_span(longest)} of market time from the day's first tick{wall}")  # fmt: skip
+
+
 def _flow_from_env() -> Dataflow:
     import strategies.builtin  # noqa: F401  (registers the built-in strategies)
     from connectors.kafka import end_offsets, last_values
@@ -203,6 +262,8 @@ def _flow_from_env() -> Dataflow:
         for d in deployments:
             if d.enabled and (why := d.untradable(universe)):
                 log.warning("deployment %s: %s", d.strategy_id, why)
+        if note := warmup_note(deployments, [i.instrument for i in universe], warm, REGISTRY, s.sim_speed):
+            log.info("%s", note)
     # Under Bytewax recovery (``ticktape up`` sets it) snapshots must be copies, not the live state.
     recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
     cfg = PipelineConfig(analytics=analytics_config(s), clock=clock, strategies=strat, recovery=recovery)
@@ -211,7 +272,10 @@ def _flow_from_env() -> Dataflow:
 
         with connect(ctx.endpoints.database_url, autocommit=True) as conn:
             sid = record_session(conn, s.topic_prefix, strat, trading, cfg.analytics, s.strategy_warmup_days, recovery)
-        log.info("live session %d: trades candles closing from %d ns on", sid, strat.trade_from)
+        since = "every candle (no ticks retained)" if strat.trade_from <= 1 else (
+            f"candles closing after {datetime.fromtimestamp(strat.trade_from / 1e9, _IST).isoformat(timespec='seconds')}"
+            " (the newest retained tick; the ones before only warm up)")  # fmt: skip
+        log.info("live session %d trades %s", sid, since)
     log.info("analytics for %d instruments, timeframes %s", len(universe), ",".join(cfg.analytics.timeframes))
     return build(
         ctx.kafka, ctx.catalog, universe, cfg, trading=trading, commands_start=commands_start, batch_size=s.live_batch_size

@@ -197,3 +197,35 @@ def test_late_and_undecodable_ticks_go_to_the_dead_letter_topic(kafka: KafkaClie
         (101.0, 101.0, 101.0),
         (102.0, 102.0, 102.0),
     ]  # the late 150 rewrote nothing
+
+
+def test_the_warm_up_note_says_how_long_a_fresh_start_waits_to_decide() -> None:
+    import strategies.builtin  # noqa: F401
+    from operators.strategy_host import Deployment
+    from strategies.registry import REGISTRY as STRATEGIES
+
+    def dep(sid: str, kind: str, tf: str, enabled: bool = True, **params: object) -> Deployment:
+        return Deployment(sid, kind, STRATEGIES.params(kind, {"timeframe": tf, **params}), enabled=enabled)
+
+    def bars(sym: str, tf: str, n: int) -> list[Candle]:
+        step = 60 * S if tf == "1m" else 300 * S
+        return [Candle(instrument=sym, timeframe=tf, open_time=k * step, ts_event=(k + 1) * step, ts_init=0, open=1.0,
+                       high=1.0, low=1.0, close=1.0, volume=1, trade_count=1, vwap=1.0, oi=0, final=True)
+                for k in range(n)]  # fmt: skip
+
+    syms = ["NSE:A", "NSE:B", "NSE:C"]
+    rsi = dep("rsi", "rsi_reversion", "1m")  # 16 bars
+    trend = dep("trend", "supertrend_trend", "5m")  # 12 bars
+    parked = dep("parked", "ema_crossover", "1m", enabled=False, slow=200)
+    cold = live.warmup_note([rsi, trend, parked], syms, {}, STRATEGIES, speed=10)
+    assert cold is not None and "stored candles cover none of it" in cold
+    assert "rsi 16 x 1m on 3 instruments" in cold and "trend 12 x 5m on 3 instruments" in cold
+    assert "parked" not in cold  # a disabled deployment waits for nothing
+    assert cold.endswith("the longest is 1 h of market time from the day's first tick, 6 min at 10x speed")  # 12 x 5m
+    # Stored candles cover the 5m warm-up everywhere and the 1m one on two instruments.
+    warm = {s: bars(s, "5m", 12) + (bars(s, "1m", 16) if s != "NSE:C" else []) for s in syms}
+    part = live.warmup_note([rsi, trend], syms, warm, STRATEGIES, speed=0)
+    assert part == ("first decisions once warm-up bars have closed (where stored candles do not hold them): rsi 16 x "
+                    "1m on 1 instrument; the longest is 16 min of market time from the day's first tick")  # fmt: skip
+    warm["NSE:C"] += bars("NSE:C", "1m", 16)
+    assert live.warmup_note([rsi, trend], syms, warm, STRATEGIES, speed=10) is None
