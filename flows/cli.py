@@ -259,7 +259,7 @@ def strategies_list() -> None:
     s = _settings()
     table = Table("id", "strategy", "enabled", "account", "params")
     notes: list[str] = []
-    counted: dict[tuple[str, ...], list[Any]] = {}
+    counted: dict[tuple[str, ...], Any] = {}
     with connect(_endpoints(s).database_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT id, class_name, is_enabled, account, config, config::text FROM strategies ORDER BY id"

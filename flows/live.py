@@ -45,7 +45,7 @@ from connectors.kafka import (
 from flows.pipeline import MarketClock, PipelineConfig, build_market, market_parser, strategy_commands
 from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
-from operators.candles import IST_OFFSET_NS, parse_timeframe
+from operators.candles import IST_OFFSET_NS, SESSION_CLOSE_NS, SESSION_OPEN_NS, parse_timeframe, session_bounds
 from operators.strategy_host import Deployment
 from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
@@ -55,6 +55,7 @@ from strategies.registry import StrategyRegistry
 
 log = logging.getLogger("ticktape.live")
 _IST = timezone(timedelta(seconds=IST_OFFSET_NS // 10**9), "IST")
+_SESSION_S = (SESSION_CLOSE_NS - SESSION_OPEN_NS) // 10**9  # 09:15-15:30 IST
 _COMMAND = codec_for(Control)
 
 
@@ -86,6 +87,23 @@ def _decode_commands(dlq: str) -> Any:
     return decode
 
 
+def market_input(
+    flow: Dataflow,
+    client: KafkaClientConfig,
+    topic: str,
+    bars: str | None,
+    *,
+    start: Mapping[tuple[str, int], int] | None = None,
+    tail: bool = True,
+    batch_size: int = 5000,
+) -> Stream[tuple[str, Any]]:
+    """The market input of ``flow``: ``topic`` in event-time order (:class:`OrderedSource`),
+    decoded to ``(instrument, tick)`` - or ``(instrument, candle)`` when ``bars`` names the
+    timeframe of a candle input - and ``("", Reject)`` for what cannot be one."""
+    parse = market_parser(Tick if bars is None else Candle, topic, bars)
+    return op.input("md", flow, OrderedSource(client, topic, parse, start=start, tail=tail, batch_size=batch_size))
+
+
 def build(
     client: KafkaClientConfig,
     catalog: TopicCatalog,
@@ -114,8 +132,7 @@ def build(
     flow = Dataflow("live")
     # A candle-only replay reads bars; ``source`` names another topic with the input (shared by runs).
     ticks_topic = source or catalog.name("md.ticks" if cfg.bars is None else "md.candles")
-    parse = market_parser(Tick if cfg.bars is None else Candle, ticks_topic, cfg.bars)
-    market = op.input("md", flow, OrderedSource(client, ticks_topic, parse, start=start, tail=tail, batch_size=batch_size))
+    market = market_input(flow, client, ticks_topic, cfg.bars, start=start, tail=tail, batch_size=batch_size)
     strategy_cmds: Stream[tuple[str, Any]] | None = None
     desk_cmds: Stream[Any] | None = None
     dlq: Stream[Any] | None = None
@@ -183,40 +200,57 @@ def warmup_note(
     warm: Mapping[str, Sequence[Candle]],
     registry: StrategyRegistry,
     speed: float,
+    session_open: int,
 ) -> str | None:
-    r"""How long the enabled deployments wait before they can decide: the closed bars each needs
-    (``Strategy.warmup``) where the stored candles do not already hold them, and the longest
-    wait in market time from the day's first tick (the day's retained ticks replay at start
-    and count) and in wall time at the simulator's ``speed`` (0: unpaced). None when the
-    stored candles cover every one of them.
+    r"""How long the enabled deployments wait before they can decide: the closed bars each still
+    needs (``Strategy.warmup``) beyond the stored candles of earlier sessions (those before
+    ``session_open``, ns: the pipeline warms with those only), and the longest wait in market
+    time from the day's first tick (the day's retained ticks replay at start and count) and in
+    wall time at the simulator's ``speed`` (0: unpaced). None when the stored candles cover
+    every one of them.
 
     >>> import strategies.builtin
     >>> from strategies.registry import REGISTRY
     >>> ema = Deployment("ema_fast_1m", "ema_crossover", REGISTRY.params("ema_crossover", {"timeframe": "1m"}))
-    >>> print(warmup_note([ema], ["NSE:A", "NSE:B"], {}, REGISTRY, speed=10).replace("; ", ";\n"))
+    >>> print(warmup_note([ema], ["NSE:A", "NSE:B"], {}, REGISTRY, speed=10, session_open=0).replace("; ", ";\n"))
     first decisions once warm-up bars have closed (stored candles cover none of it): ema_fast_1m 22 x 1m on 2 instruments;
     the longest is 22 min of market time from the day's first tick, 2 min 12 s at 10x speed
     """
-    have: Counter[tuple[str, str]] = Counter((sym, c.timeframe) for sym, cs in warm.items() for c in cs if c.final)
+    have: Counter[tuple[str, str]] = Counter(
+        (sym, c.timeframe) for sym, cs in warm.items() for c in cs if c.final and c.open_time < session_open
+    )
     symbols = list(universe)
-    parts, longest, covered_any = [], 0.0, False
+    parts, longest, sessions, covered_any = [], 0.0, 0, False
     for d in deployments:
         bars = registry[d.kind].warmup(d.params) if d.enabled else 0
+        try:
+            tf = parse_timeframe(d.params.timeframe)
+        except ValueError:  # not a timeframe: live start reports it where it is used
+            continue
         if bars <= 0:
             continue
-        tf = d.params.timeframe
         mine = [sym for sym in symbols if d.subscribes(sym)]
-        cold = [sym for sym in mine if have[(sym, tf)] < bars]
+        cold = [sym for sym in mine if have[(sym, tf.name)] < bars]
         covered_any |= len(cold) < len(mine)
-        if cold:
-            parts.append(f"{d.strategy_id} {bars} x {tf} on {len(cold)} instrument{'s' if len(cold) != 1 else ''}")
-            longest = max(longest, bars * parse_timeframe(tf).ns / 1e9)
+        if not cold:
+            continue
+        need = max(bars - have[(sym, tf.name)] for sym in cold)
+        parts.append(f"{d.strategy_id} {need} x {tf.name} on {len(cold)} instrument{'s' if len(cold) != 1 else ''}")
+        if tf.daily:
+            sessions = max(sessions, need)
+        else:
+            wait = need * tf.ns / 1e9
+            longest = max(longest, wait)
+            sessions = max(sessions, -(-round(wait) // _SESSION_S) if wait > _SESSION_S else 0)
     if not parts:
         return None
-    wall = f", {_span(longest / speed)} at {speed:g}x speed" if speed > 0 and speed != 1 else ""
     cover = "where stored candles do not hold them" if covered_any else "stored candles cover none of it"
-    return (f"first decisions once warm-up bars have closed ({cover}): {', '.join(parts)}; "
-            f"the longest is {_span(longest)} of market time from the day's first tick{wall}")  # fmt: skip
+    if sessions:
+        wait = f"the longest takes {sessions} session{'s' if sessions != 1 else ''}: it trades from a later day on"
+    else:
+        wall = f", {_span(longest / speed)} at {speed:g}x speed" if speed > 0 and speed != 1 else ""
+        wait = f"the longest is {_span(longest)} of market time from the day's first tick{wall}"
+    return f"first decisions once warm-up bars have closed ({cover}): {', '.join(parts)}; {wait}"
 
 
 def _flow_from_env() -> Dataflow:
@@ -262,10 +296,18 @@ def _flow_from_env() -> Dataflow:
         for d in deployments:
             if d.enabled and (why := d.untradable(universe)):
                 log.warning("deployment %s: %s", d.strategy_id, why)
-        if note := warmup_note(deployments, [i.instrument for i in universe], warm, REGISTRY, s.sim_speed):
-            log.info("%s", note)
     # Under Bytewax recovery (``ticktape up`` sets it) snapshots must be copies, not the live state.
     recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    # The two lines below describe instruments that start afresh; one restored from recovery
+    # keeps its own warm state and trade-from bound.
+    restored = " (instruments restored from recovery: {})" if recovery else ""
+    if strat is not None:
+        day = s.sim_date or datetime.now(_IST).date()
+        noon = int(datetime(day.year, day.month, day.day, 12, tzinfo=_IST).timestamp()) * 10**9
+        opens = session_bounds(strat.trade_from - 1 or noon)[0]  # the session of the newest retained tick, or today's
+        instruments = [i.instrument for i in universe]
+        if note := warmup_note(deployments, instruments, warm, REGISTRY, s.sim_speed, opens):
+            log.info("%s%s", note, restored.format("warm already"))
     cfg = PipelineConfig(analytics=analytics_config(s), clock=clock, strategies=strat, recovery=recovery)
     if strat is not None and trading is not None:
         from connectors.postgres.strategies import record_session
@@ -275,7 +317,7 @@ def _flow_from_env() -> Dataflow:
         since = "every candle (no ticks retained)" if strat.trade_from <= 1 else (
             f"candles closing after {datetime.fromtimestamp(strat.trade_from / 1e9, _IST).isoformat(timespec='seconds')}"
             " (the newest retained tick; the ones before only warm up)")  # fmt: skip
-        log.info("live session %d trades %s", sid, since)
+        log.info("live session %d trades %s%s", sid, since, restored.format("the bound they had"))
     log.info("analytics for %d instruments, timeframes %s", len(universe), ",".join(cfg.analytics.timeframes))
     return build(
         ctx.kafka, ctx.catalog, universe, cfg, trading=trading, commands_start=commands_start, batch_size=s.live_batch_size

@@ -76,55 +76,95 @@ class Deployment:
         >>> why.split("; ")[1]
         'its signals there are rejected'
         """
-        qty = self.params.qty
         mine = [i for i in master if self.subscribes(i.instrument)]
-        big = [i for i in mine if i.tradable and i.lot_size > qty]
-        index = [i.instrument for i in mine if not i.tradable]
-        return LotFit(
-            subscribed=len(mine),
-            big=len(big),
-            big_first=min((i.instrument for i in big), default=""),
-            lots=(min(i.lot_size for i in big), max(i.lot_size for i in big)) if big else (0, 0),
-            indices=len(index),
-            index_first=min(index, default=""),
-        ).untradable(qty)
+        listed = self.params.instruments
+        missing = sorted(set(listed) - {i.instrument for i in mine}) if listed else []
+        groups = LotFit.groups((i.instrument, not i.tradable, i.lot_size) for i in mine)
+        return LotFit.tally(groups, self.params.qty, missing).untradable(self.params.qty)
 
 
 class LotFit(NamedTuple):
-    """A deployment's subscribed instruments as far as whole lots of its qty go, from which
-    :meth:`Deployment.untradable` states what can never trade. Built from the instrument
-    master, or from an SQL count of it (the API); the examples are the first symbols in code
-    point order, so both ways give the same sentence."""
+    """A deployment's instruments as far as whole lots of its qty go, from which
+    :meth:`Deployment.untradable` states what can never trade. Counted from the loaded master
+    (live start) or by SQL (the API, ``strategies list``); the examples are the first symbols
+    in code point order, so both ways give the same sentence."""
 
-    subscribed: int  # instruments it subscribes to
+    subscribed: int  # instruments it subscribes to (listed ones the master lacks included)
     big: int  # of those, tradable with a lot above the qty
     big_first: str
     lots: tuple[int, int]  # the smallest and largest such lot
     indices: int  # of those, indices (never tradable)
     index_first: str
+    missing: int = 0  # listed by the deployment, not in the active master: no ticks, no trades
+    missing_first: str = ""
+
+    @staticmethod
+    def groups(instruments: Iterable[tuple[str, bool, int]]) -> list[tuple[bool, int, int, str]]:
+        """``(symbol, is an index, lot)`` rows grouped as :meth:`tally` takes them:
+        ``(is an index, lot, how many, first symbol)``.
+
+        >>> sorted(LotFit.groups([("NFO:B", False, 50), ("NFO:A", False, 50), ("NSE:X", False, 1)]))
+        [(False, 1, 1, 'NSE:X'), (False, 50, 2, 'NFO:A')]
+        """
+        acc: dict[tuple[bool, int], list[Any]] = {}
+        for symbol, index, lot in instruments:
+            group = acc.get((index, lot))
+            if group is None:
+                acc[(index, lot)] = [1, symbol]
+            else:
+                group[0] += 1
+                group[1] = min(group[1], symbol)
+        return [(index, lot, n, first) for (index, lot), (n, first) in acc.items()]
+
+    @classmethod
+    def tally(cls, groups: Iterable[tuple[bool, int, int, str]], qty: int, missing: Sequence[str] = ()) -> LotFit:
+        """From the subscribed instruments grouped by (is an index, lot) - see :meth:`groups` -
+        and the listed symbols the active master lacks."""
+        groups = list(groups)
+        big = [(lot, n, first) for index, lot, n, first in groups if not index and lot > qty]
+        indices = [(n, first) for index, _, n, first in groups if index]
+        return cls(
+            subscribed=sum(g[2] for g in groups) + len(missing),
+            big=sum(n for _, n, _ in big),
+            big_first=min((first for *_, first in big), default=""),
+            lots=(min(b[0] for b in big), max(b[0] for b in big)) if big else (0, 0),
+            indices=sum(n for n, _ in indices),
+            index_first=min((first for _, first in indices), default=""),
+            missing=len(missing),
+            missing_first=min(missing, default=""),
+        )
 
     def untradable(self, qty: int) -> str | None:
         """
         >>> print(LotFit(5, 3, "NFO:A", (35, 75), 1, "NSE:N50").untradable(1).split(";")[0])
         4 of its 5 instruments never trade: 3 (e.g. NFO:A) have lots (35-75) above its qty 1, NSE:N50 is an index
+        >>> print(LotFit(2, 0, "", (0, 0), 0, "", 1, "NSE:GONE").untradable(1).split(";")[0])
+        1 of its 2 instruments never trade: NSE:GONE is not in the active instrument master
         >>> LotFit(3, 0, "", (0, 0), 0, "").untradable(1) is None
         True
         """
-        if not self.big and not self.indices:
+        if not self.big and not self.indices and not self.missing:
             return None
         parts = []
         if self.big:
             lo, hi = self.lots
             lot = f"a lot ({lo})" if lo == hi else f"lots ({lo}-{hi})"
-            who = self.big_first if self.big == 1 else f"{self.big} (e.g. {self.big_first})"
-            parts.append(f"{who} {'has' if self.big == 1 else 'have'} {lot} above its qty {qty}")
+            parts.append(
+                f"{self._who(self.big, self.big_first)} {'has' if self.big == 1 else 'have'} {lot} above its qty {qty}"
+            )
         if self.indices:
-            who = self.index_first if self.indices == 1 else f"{self.indices} (e.g. {self.index_first})"
-            parts.append(f"{who} {'is an index' if self.indices == 1 else 'are indices'}")
-        never = self.big + self.indices
-        return (
-            f"{never} of its {self.subscribed} instruments never trade: {', '.join(parts)}; its signals there are rejected"
-        )
+            parts.append(
+                f"{self._who(self.indices, self.index_first)} {'is an index' if self.indices == 1 else 'are indices'}"
+            )
+        if self.missing:
+            are = "is" if self.missing == 1 else "are"
+            parts.append(f"{self._who(self.missing, self.missing_first)} {are} not in the active instrument master")
+        never, what = self.big + self.indices + self.missing, ", ".join(parts)
+        return f"{never} of its {self.subscribed} instruments never trade: {what}; its signals there are rejected"
+
+    @staticmethod
+    def _who(n: int, first: str) -> str:
+        return first if n == 1 else f"{n} (e.g. {first})"
 
 
 class RecentCandles(Sequence[Candle]):

@@ -39,6 +39,9 @@ class ParamsError(ValueError):
 class UnknownStrategy(KeyError):
     """No strategy is registered under that name."""
 
+    def __str__(self) -> str:  # a KeyError's str() is the repr of its message, quotes included
+        return str(self.args[0]) if self.args else ""
+
 
 class StrategyRegistry(Mapping[str, type[Strategy[Any]]]):
     def __init__(self) -> None:

@@ -59,7 +59,7 @@ class Performance(BaseModel):
 _COLUMNS = "id, class_name, description, is_enabled, account, config, updated_at"
 
 
-def _out(conn: Conn, r: tuple[Any, ...], warn: bool, counted: dict[tuple[str, ...], list[Any]] | None = None) -> StrategyOut:
+def _out(conn: Conn, r: tuple[Any, ...], warn: bool, counted: dict[tuple[str, ...], Any] | None = None) -> StrategyOut:
     warning = None
     if warn:
         import strategies.builtin  # noqa: F401  (registers the built-ins)
@@ -81,7 +81,7 @@ def _row(conn: Conn, sid: str, warn: bool = False) -> StrategyOut:
 @router.get("/api/strategies", response_model=list[StrategyOut])
 def list_strategies(conn: Conn) -> list[StrategyOut]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM strategies ORDER BY id LIMIT 1000").fetchall()
-    counted: dict[tuple[str, ...], list[Any]] = {}  # the master's lots, counted once per instrument list
+    counted: dict[tuple[str, ...], Any] = {}  # the master's lots, counted once per instrument list
     return [_out(conn, r, True, counted) for r in rows]
 
 

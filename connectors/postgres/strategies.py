@@ -37,10 +37,13 @@ def load_deployments(conn: psycopg.Connection, registry: StrategyRegistry) -> tu
     return tuple(out)
 
 
-# The active master counted by lot for one deployment's instruments (all when it lists none):
-# what LotFit needs, without loading the master.
-_LOTS = """SELECT instrument_type = 'INDEX', coalesce(lot_size, 1), count(*), min(symbol COLLATE "C")
-           FROM instruments WHERE is_active AND (%(all)s OR symbol = ANY(%(symbols)s)) GROUP BY 1, 2"""
+# The active master by (is an index, lot) - LotFit.groups in SQL, for a deployment of every
+# instrument - and the rows of the instruments a deployment lists. Lots as load_instruments
+# reads them (none or 0 is 1); first symbols in code point order, as Python's min().
+_GROUPS = """SELECT instrument_type = 'INDEX', coalesce(nullif(lot_size, 0), 1), count(*), min(symbol COLLATE "C")
+             FROM instruments WHERE is_active GROUP BY 1, 2"""
+_LISTED = """SELECT symbol, instrument_type = 'INDEX', coalesce(nullif(lot_size, 0), 1)
+             FROM instruments WHERE is_active AND symbol = ANY(%s)"""
 
 
 def deployment_warning(
@@ -49,12 +52,13 @@ def deployment_warning(
     kind: str,
     config: dict[str, Any],
     enabled: bool,
-    counted: dict[tuple[str, ...], list[Any]] | None = None,
+    counted: dict[tuple[str, ...], tuple[list[Any], list[str]]] | None = None,
 ) -> str | None:
     """What live start would say of a stored deployment, or None: params it refuses, or (when
-    enabled) instruments of the active master it can never trade (:meth:`Deployment.untradable`,
-    the same sentence, counted here by SQL). ``counted`` keeps the counts per instrument list
-    across calls, so listing many deployments of the whole master counts it once."""
+    enabled) instruments it can never trade (:meth:`Deployment.untradable`, the same sentence,
+    counted here in SQL so the master is not loaded). ``counted`` keeps the counts per
+    instrument list across calls, so listing many deployments of the whole master counts it
+    once."""
     try:
         params = registry.params(kind, config)
     except (ParamsError, UnknownStrategy) as exc:
@@ -62,21 +66,18 @@ def deployment_warning(
     if not enabled:
         return None
     symbols = tuple(params.instruments)
-    rows = None if counted is None else counted.get(symbols)
-    if rows is None:
-        rows = conn.execute(_LOTS, {"all": not symbols, "symbols": list(symbols)}).fetchall()
+    found = None if counted is None else counted.get(symbols)
+    if found is None:
+        if symbols:
+            rows = conn.execute(_LISTED, (list(symbols),)).fetchall()
+            have = {r[0] for r in rows}
+            found = LotFit.groups(rows), sorted(s for s in set(symbols) if s not in have)
+        else:
+            found = conn.execute(_GROUPS).fetchall(), []
         if counted is not None:
-            counted[symbols] = rows
-    big = [(lot, n, first) for index, lot, n, first in rows if not index and lot > params.qty]
-    indices = [(n, first) for index, _, n, first in rows if index]
-    return LotFit(
-        subscribed=sum(r[2] for r in rows),
-        big=sum(n for _, n, _ in big),
-        big_first=min((first for *_, first in big), default=""),
-        lots=(min(b[0] for b in big), max(b[0] for b in big)) if big else (0, 0),
-        indices=sum(n for n, _ in indices),
-        index_first=min((first for _, first in indices), default=""),
-    ).untradable(params.qty)
+            counted[symbols] = found
+    groups, missing = found
+    return LotFit.tally(groups, params.qty, missing).untradable(params.qty)
 
 
 def save_deployments(conn: psycopg.Connection, deployments: Iterable[tuple[str, str, dict[str, Any], bool, str]]) -> int:

@@ -21,9 +21,10 @@ from api.routes import market
 from api.security import create_user
 from connectors.brokers.universe import build_universe
 from connectors.kafka import KafkaClientConfig, read_all
-from connectors.postgres.instruments import upsert_instruments
+from connectors.postgres.instruments import load_instruments, upsert_instruments
 from connectors.postgres.strategies import save_deployments
 from connectors.settings import load_settings
+from operators.strategy_host import Deployment
 from schemas.codec import codec_for
 from schemas.control import (
     CancelManualOrder,
@@ -36,6 +37,7 @@ from schemas.control import (
     ModifyManualOrder,
 )
 from schemas.topics import TopicCatalog
+from strategies.registry import REGISTRY
 
 PROBLEM = "application/problem+json"
 PASSWORD = "correct horse battery staple"
@@ -167,9 +169,11 @@ def test_strategies_say_what_keeps_them_from_trading(client: TestClient, databas
     with psycopg.connect(database_url, autocommit=True) as conn:
         save_deployments(conn, [("all_qty1", "ema_crossover", {"timeframe": "1m", "qty": 1}, True, ""),
                                 ("bad", "ema_crossover", {"timeframe": "1m", "slow": "x"}, False, "")])  # fmt: skip
+        master = load_instruments(conn)
     listed = {s["id"]: s["warning"] for s in client.get("/api/strategies").json()}
     assert listed["ema_1"] is None  # 10 shares of NSE:INFY: nothing to say
-    assert "instruments never trade" in listed["all_qty1"] and "are indices" in listed["all_qty1"]
+    live = Deployment("all_qty1", "ema_crossover", REGISTRY.params("ema_crossover", {"qty": 1})).untradable(master)
+    assert listed["all_qty1"] == live and live is not None and "are indices" in live  # what live start logs
     assert "slow" in listed["bad"] and "live start refuses" in listed["bad"]
     assert client.get("/api/strategies/all_qty1").json()["warning"] == listed["all_qty1"]
 

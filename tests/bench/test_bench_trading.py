@@ -118,10 +118,12 @@ def test_trading_path_throughput(kafka: KafkaClientConfig, filled: tuple) -> Non
         },
     )
     # Peak RSS of this process over the runs (broker and PostgreSQL run separately), and what it
-    # held before them: memory earlier benchmarks left, which Python keeps and reuses.
+    # held before them: memory earlier benchmarks left, which Python keeps and reuses. Under
+    # `make bench` the 1M-bar candle replay leaves over 1 GiB here, so the RSS target is judged
+    # on the live process of the latency benchmark, which runs this path alone.
     result.extra["peak_rss_mib"] = round(_rss_mib("VmHWM"), 1)
     result.extra["rss_before_runs_mib"] = round(rss_before, 1)
-    result.extra["rss_target_mib"] = 1024
+    result.extra["rss_judged_in"] = "trading_decision_latency_p99_ms.json: extra.peak_rss_mib_max (flows.live alone)"
     result.write()
     assert n_ticks > 100_000 and result.figure > 0
 
@@ -269,7 +271,9 @@ def test_trading_latency_at_10k_ticks_per_s(
     result.target = {"value": 2.0, "better": "lower", "met": result.figure + wait_p99 <= 2.0,
                      "judged_on": "source wait p99 + processing p99 (tick consumed -> intent)"}  # fmt: skip
     # A read arrives at once and its ticks go through the flow one after another: even with no
-    # candle, strategy or desk work, the last tick of a median read waits this long.
+    # candle, strategy or desk work, the last tick of a median read waits about this long (an
+    # estimate: the median read times the per-tick cost of the ceiling, a replay in batches of
+    # 20,000, where live batches are smaller and cost more per tick).
     catalog, _, n_ticks = filled
     ceilings = [framework_ceiling(kafka, catalog.name("md.ticks"), n_ticks) for _ in range(3)]
     us_per_tick = 1e6 / statistics.median(ceilings)
@@ -278,10 +282,11 @@ def test_trading_latency_at_10k_ticks_per_s(
         "ticks_per_s": statistics.median(ceilings),
         "runs": ceilings,
         "us_per_tick": us_per_tick,
-        "median_read_through_empty_flow_ms": result.extra["fetch_records_p50_median"] * us_per_tick / 1e3,
+        "median_read_through_empty_flow_ms_estimate": result.extra["fetch_records_p50_median"] * us_per_tick / 1e3,
     }
-    result.extra["peak_rss_mib_max"] = max(s["rss_mib"] for s in runs_stats)
+    result.extra["peak_rss_mib_max"] = max(s["rss_mib"] for s in runs_stats)  # VmHWM of flows.live: the RSS target
     result.extra["rss_target_mib"] = 1024
+    result.extra["rss_target_met"] = result.extra["peak_rss_mib_max"] <= 1024
     result.write()
     assert result.figure > 0
 

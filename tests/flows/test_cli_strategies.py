@@ -10,10 +10,13 @@ from pathlib import Path
 
 import psycopg
 
+import strategies.builtin  # noqa: F401
 from connectors.brokers.universe import build_universe
 from connectors.kafka import KafkaClientConfig
-from connectors.postgres.instruments import upsert_instruments
+from connectors.postgres.instruments import load_instruments, upsert_instruments
 from connectors.postgres.strategies import save_deployments
+from operators.strategy_host import Deployment
+from strategies.registry import REGISTRY
 
 
 def _list(kafka: KafkaClientConfig, database_url: str, home: Path) -> str:
@@ -42,6 +45,9 @@ def test_the_list_names_deployments_that_cannot_trade_and_params_live_start_refu
     notes = {line.split(":", 1)[0]: line for line in out.splitlines() if ": " in line and "│" not in line}
     assert all(sid in out for sid in ("stocks", "everything", "parked", "broken")), out
     assert set(notes) == {"everything", "broken"}, out  # tradable and disabled deployments say nothing
-    assert "instruments never trade" in notes["everything"] and "are indices" in notes["everything"]
-    assert "above its qty 1" in notes["everything"] and "its signals there are rejected" in notes["everything"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        master = load_instruments(conn)
+    live = Deployment("everything", "ema_crossover", REGISTRY.params("ema_crossover", {"qty": 1})).untradable(master)
+    assert notes["everything"] == f"everything: {live}"  # what live start logs
+    assert "are indices" in notes["everything"] and "above its qty 1" in notes["everything"]
     assert "fast" in notes["broken"] and "live start refuses" in notes["broken"]

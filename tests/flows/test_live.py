@@ -207,25 +207,37 @@ def test_the_warm_up_note_says_how_long_a_fresh_start_waits_to_decide() -> None:
     def dep(sid: str, kind: str, tf: str, enabled: bool = True, **params: object) -> Deployment:
         return Deployment(sid, kind, STRATEGIES.params(kind, {"timeframe": tf, **params}), enabled=enabled)
 
-    def bars(sym: str, tf: str, n: int) -> list[Candle]:
+    def bars(sym: str, tf: str, n: int, start: int = 0) -> list[Candle]:
         step = 60 * S if tf == "1m" else 300 * S
-        return [Candle(instrument=sym, timeframe=tf, open_time=k * step, ts_event=(k + 1) * step, ts_init=0, open=1.0,
-                       high=1.0, low=1.0, close=1.0, volume=1, trade_count=1, vwap=1.0, oi=0, final=True)
+        return [Candle(instrument=sym, timeframe=tf, open_time=start + k * step, ts_event=start + (k + 1) * step,
+                       ts_init=0, open=1.0, high=1.0, low=1.0, close=1.0, volume=1, trade_count=1, vwap=1.0, oi=0,
+                       final=True)
                 for k in range(n)]  # fmt: skip
 
+    def note(deps: list[Deployment], warm: dict[str, list[Candle]], speed: float = 10) -> str | None:
+        return live.warmup_note(deps, syms, warm, STRATEGIES, speed, session_open=TODAY)
+
+    TODAY = 10**6 * S  # the session's open: stored candles from then on are today's and do not count
     syms = ["NSE:A", "NSE:B", "NSE:C"]
     rsi = dep("rsi", "rsi_reversion", "1m")  # 16 bars
     trend = dep("trend", "supertrend_trend", "5m")  # 12 bars
     parked = dep("parked", "ema_crossover", "1m", enabled=False, slow=200)
-    cold = live.warmup_note([rsi, trend, parked], syms, {}, STRATEGIES, speed=10)
+    cold = note([rsi, trend, parked], {})
     assert cold is not None and "stored candles cover none of it" in cold
     assert "rsi 16 x 1m on 3 instruments" in cold and "trend 12 x 5m on 3 instruments" in cold
     assert "parked" not in cold  # a disabled deployment waits for nothing
     assert cold.endswith("the longest is 1 h of market time from the day's first tick, 6 min at 10x speed")  # 12 x 5m
-    # Stored candles cover the 5m warm-up everywhere and the 1m one on two instruments.
+    # Earlier sessions' candles cover the 5m warm-up everywhere and the 1m one on two
+    # instruments; the third has 10 of its 16 bars, and today's bars do not count.
     warm = {s: bars(s, "5m", 12) + (bars(s, "1m", 16) if s != "NSE:C" else []) for s in syms}
-    part = live.warmup_note([rsi, trend], syms, warm, STRATEGIES, speed=0)
-    assert part == ("first decisions once warm-up bars have closed (where stored candles do not hold them): rsi 16 x "
-                    "1m on 1 instrument; the longest is 16 min of market time from the day's first tick")  # fmt: skip
-    warm["NSE:C"] += bars("NSE:C", "1m", 16)
-    assert live.warmup_note([rsi, trend], syms, warm, STRATEGIES, speed=10) is None
+    warm["NSE:C"] += bars("NSE:C", "1m", 10) + bars("NSE:C", "1m", 16, start=TODAY)
+    assert note([rsi, trend], warm, speed=0) == (
+        "first decisions once warm-up bars have closed (where stored candles do not hold them): rsi 6 x 1m on 1 "
+        "instrument; the longest is 6 min of market time from the day's first tick")  # fmt: skip
+    warm["NSE:C"] += bars("NSE:C", "1m", 6, start=TODAY - 6 * 60 * S)
+    assert note([rsi, trend], warm) is None
+    # A warm-up longer than a session trades from a later day on.
+    slow = dep("slow", "ema_crossover", "5m", slow=100)
+    assert note([slow], {}) == (
+        "first decisions once warm-up bars have closed (stored candles cover none of it): slow 101 x 5m on 3 "
+        "instruments; the longest takes 2 sessions: it trades from a later day on")  # fmt: skip
