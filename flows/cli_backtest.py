@@ -10,7 +10,7 @@ Uses the broker and PostgreSQL of the settings (``TICKTAPE_KAFKA_BOOTSTRAP`` /
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-IST = timezone(timedelta(hours=5, minutes=30))
+from operators.candles import IST
+
 console = Console()
 # Options shared by `ticktape backtest` and `ticktape optimize`.
 InstrumentsOpt = Annotated[str, typer.Option(help="comma-separated EXCHANGE:SYMBOL list (default: all)")]
@@ -79,8 +80,7 @@ def deployments_from(kinds: list[str], params: list[str], instruments: tuple[str
         try:
             p = REGISTRY.params(kind, config)
         except (ParamsError, UnknownStrategy) as exc:
-            msg = f"{exc}; known strategies: {', '.join(sorted(REGISTRY))}" if isinstance(exc, UnknownStrategy) else str(exc)
-            raise typer.BadParameter(msg) from None
+            raise typer.BadParameter(str(exc)) from None
         sid = kind if kinds.count(kind) == 1 else f"{kind}_{k + 1}"
         out.append(Deployment(sid, kind, p, account="backtest"))
     return tuple(out)

@@ -26,7 +26,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -45,7 +45,7 @@ from connectors.kafka import (
 from flows.pipeline import MarketClock, PipelineConfig, build_market, market_parser, strategy_commands
 from flows.trading import TradingSetup, build_trading, read_published
 from operators.analytics import AnalyticsConfig
-from operators.candles import IST_OFFSET_NS, SESSION_CLOSE_NS, SESSION_OPEN_NS, parse_timeframe, session_bounds
+from operators.candles import IST, SESSION_NS, parse_timeframe, session_bounds
 from operators.strategy_host import Deployment
 from schemas.codec import DecodeError, codec_for, encode
 from schemas.control import Control
@@ -54,8 +54,6 @@ from schemas.topics import TopicCatalog
 from strategies.registry import StrategyRegistry
 
 log = logging.getLogger("ticktape.live")
-_IST = timezone(timedelta(seconds=IST_OFFSET_NS // 10**9), "IST")
-_SESSION_S = (SESSION_CLOSE_NS - SESSION_OPEN_NS) // 10**9  # 09:15-15:30 IST
 _COMMAND = codec_for(Control)
 
 
@@ -222,12 +220,11 @@ def warmup_note(
     symbols = list(universe)
     parts, longest, sessions, covered_any = [], 0.0, 0, False
     for d in deployments:
-        bars = registry[d.kind].warmup(d.params) if d.enabled else 0
+        if not d.enabled or (bars := registry[d.kind].warmup(d.params)) <= 0:
+            continue
         try:
             tf = parse_timeframe(d.params.timeframe)
         except ValueError:  # not a timeframe: live start reports it where it is used
-            continue
-        if bars <= 0:
             continue
         mine = [sym for sym in symbols if d.subscribes(sym)]
         cold = [sym for sym in mine if have[(sym, tf.name)] < bars]
@@ -239,9 +236,9 @@ def warmup_note(
         if tf.daily:
             sessions = max(sessions, need)
         else:
-            wait = need * tf.ns / 1e9
-            longest = max(longest, wait)
-            sessions = max(sessions, -(-round(wait) // _SESSION_S) if wait > _SESSION_S else 0)
+            wait_ns = need * tf.ns
+            longest = max(longest, wait_ns / 1e9)
+            sessions = max(sessions, -(-wait_ns // SESSION_NS) if wait_ns > SESSION_NS else 0)
     if not parts:
         return None
     cover = "where stored candles do not hold them" if covered_any else "stored candles cover none of it"
@@ -302,8 +299,8 @@ def _flow_from_env() -> Dataflow:
     # keeps its own warm state and trade-from bound.
     restored = " (instruments restored from recovery: {})" if recovery else ""
     if strat is not None:
-        day = s.sim_date or datetime.now(_IST).date()
-        noon = int(datetime(day.year, day.month, day.day, 12, tzinfo=_IST).timestamp()) * 10**9
+        day = s.sim_date or datetime.now(IST).date()
+        noon = int(datetime(day.year, day.month, day.day, 12, tzinfo=IST).timestamp()) * 10**9
         opens = session_bounds(strat.trade_from - 1 or noon)[0]  # the session of the newest retained tick, or today's
         instruments = [i.instrument for i in universe]
         if note := warmup_note(deployments, instruments, warm, REGISTRY, s.sim_speed, opens):
@@ -315,7 +312,7 @@ def _flow_from_env() -> Dataflow:
         with connect(ctx.endpoints.database_url, autocommit=True) as conn:
             sid = record_session(conn, s.topic_prefix, strat, trading, cfg.analytics, s.strategy_warmup_days, recovery)
         since = "every candle (no ticks retained)" if strat.trade_from <= 1 else (
-            f"candles closing after {datetime.fromtimestamp(strat.trade_from / 1e9, _IST).isoformat(timespec='seconds')}"
+            f"candles closing after {datetime.fromtimestamp(strat.trade_from / 1e9, IST).isoformat(timespec='seconds')}"
             " (the newest retained tick; the ones before only warm up)")  # fmt: skip
         log.info("live session %d trades %s%s", sid, since, restored.format("the bound they had"))
     log.info("analytics for %d instruments, timeframes %s", len(universe), ",".join(cfg.analytics.timeframes))

@@ -23,7 +23,7 @@ import io
 import math
 from collections import Counter
 from collections.abc import Callable, Container, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter
 
+from operators.candles import IST, IST_OFFSET_NS
 from operators.performance import EquityPoint, Metrics, Trade
 
-IST_S = 19_800  # UTC+5:30
-IST = timezone(timedelta(seconds=IST_S), "IST")
 NS = 1_000_000_000
+IST_S = IST_OFFSET_NS // NS  # UTC+5:30
 DAY_S = 86_400
 TICK_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, DAY_S)  # seconds, on the IST clock
 GAP_NS = 2 * 3600 * NS  # a pause longer than this is a night or a weekend, not trading time
@@ -187,7 +187,7 @@ class PlainFormatter(Formatter):
         self.digits = digits
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        return f"{(0.0 if round(x, self.digits) == 0 else x):,.{self.digits}f}"
+        return fixed(x, self.digits)
 
 
 def _plot(ax: Axes, x: np.ndarray, y: np.ndarray, **style: object) -> None:
@@ -260,12 +260,18 @@ def _ist(ns: int, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return datetime.fromtimestamp(ns // NS, IST).strftime(fmt)
 
 
+def fixed(value: float, digits: int = 2) -> str:
+    """``digits`` decimals with thousands separators, never "-0.00" (what rounds to zero is zero).
+
+    >>> fixed(-0.004), fixed(1234.5678), fixed(-1e-12, 0)
+    ('0.00', '1,234.57', '0')
+    """
+    return f"{(0.0 if round(value, digits) == 0 else value):,.{digits}f}"
+
+
 def _num(value: float | None, scale: float = 1.0, unit: str = "") -> str:
     """Two decimals with thousands separators (never "-0.00"), then ``unit``; "–" for None."""
-    if value is None:
-        return DASH
-    value *= scale
-    return f"{(0.0 if round(value, 2) == 0 else value):,.2f}{unit}"
+    return DASH if value is None else fixed(value * scale) + unit
 
 
 def percent(value: float | None, scale: float = 1.0, unit: str = "%") -> str:

@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import timedelta, timezone
 from typing import NamedTuple
 
 from schemas.market import Candle, Tick
 
 IST_OFFSET_NS = 19_800 * 10**9
+IST = timezone(timedelta(seconds=IST_OFFSET_NS // 10**9), "IST")  # NSE sessions are IST days
 DAY_NS = 86_400 * 10**9
 SESSION_OPEN_NS = (9 * 3600 + 15 * 60) * 10**9  # 09:15 IST, from IST midnight
 SESSION_CLOSE_NS = (15 * 3600 + 30 * 60) * 10**9  # 15:30 IST

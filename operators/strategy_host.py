@@ -80,7 +80,7 @@ class Deployment:
         listed = self.params.instruments
         missing = sorted(set(listed) - {i.instrument for i in mine}) if listed else []
         groups = LotFit.groups((i.instrument, not i.tradable, i.lot_size) for i in mine)
-        return LotFit.tally(groups, self.params.qty, missing).untradable(self.params.qty)
+        return LotFit.tally(groups, self.params.qty, missing).untradable()
 
 
 class LotFit(NamedTuple):
@@ -89,6 +89,7 @@ class LotFit(NamedTuple):
     (live start) or by SQL (the API, ``strategies list``); the examples are the first symbols
     in code point order, so both ways give the same sentence."""
 
+    qty: int  # the deployment's target size, in units
     subscribed: int  # instruments it subscribes to (listed ones the master lacks included)
     big: int  # of those, tradable with a lot above the qty
     big_first: str
@@ -124,6 +125,7 @@ class LotFit(NamedTuple):
         big = [(lot, n, first) for index, lot, n, first in groups if not index and lot > qty]
         indices = [(n, first) for index, _, n, first in groups if index]
         return cls(
+            qty=qty,
             subscribed=sum(g[2] for g in groups) + len(missing),
             big=sum(n for _, n, _ in big),
             big_first=min((first for *_, first in big), default=""),
@@ -134,13 +136,13 @@ class LotFit(NamedTuple):
             missing_first=min(missing, default=""),
         )
 
-    def untradable(self, qty: int) -> str | None:
+    def untradable(self) -> str | None:
         """
-        >>> print(LotFit(5, 3, "NFO:A", (35, 75), 1, "NSE:N50").untradable(1).split(";")[0])
+        >>> print(LotFit(1, 5, 3, "NFO:A", (35, 75), 1, "NSE:N50").untradable().split(";")[0])
         4 of its 5 instruments never trade: 3 (e.g. NFO:A) have lots (35-75) above its qty 1, NSE:N50 is an index
-        >>> print(LotFit(2, 0, "", (0, 0), 0, "", 1, "NSE:GONE").untradable(1).split(";")[0])
+        >>> print(LotFit(1, 2, 0, "", (0, 0), 0, "", 1, "NSE:GONE").untradable().split(";")[0])
         1 of its 2 instruments never trade: NSE:GONE is not in the active instrument master
-        >>> LotFit(3, 0, "", (0, 0), 0, "").untradable(1) is None
+        >>> LotFit(1, 3, 0, "", (0, 0), 0, "").untradable() is None
         True
         """
         if not self.big and not self.indices and not self.missing:
@@ -150,7 +152,7 @@ class LotFit(NamedTuple):
             lo, hi = self.lots
             lot = f"a lot ({lo})" if lo == hi else f"lots ({lo}-{hi})"
             parts.append(
-                f"{self._who(self.big, self.big_first)} {'has' if self.big == 1 else 'have'} {lot} above its qty {qty}"
+                f"{self._who(self.big, self.big_first)} {'has' if self.big == 1 else 'have'} {lot} above its qty {self.qty}"
             )
         if self.indices:
             parts.append(

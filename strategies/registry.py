@@ -65,7 +65,7 @@ class StrategyRegistry(Mapping[str, type[Strategy[Any]]]):
         try:
             return self._by_name[name]
         except KeyError:
-            msg = f"unknown strategy {name!r}; registered: {', '.join(sorted(self._by_name)) or 'none'}"
+            msg = f"unknown strategy {name!r}; known strategies: {', '.join(sorted(self._by_name)) or 'none'}"
             raise UnknownStrategy(msg) from None
 
     def __iter__(self) -> Iterator[str]:

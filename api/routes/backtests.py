@@ -116,7 +116,7 @@ def start(
     try:
         REGISTRY.params(str(req.strategy), params)
     except (ParamsError, UnknownStrategy) as exc:
-        raise ApiError(422, "Invalid strategy or params", str(exc).strip("'\"")) from None
+        raise ApiError(422, "Invalid strategy or params", str(exc)) from None
     for name, v in (("from", req.start), ("to", req.end)):
         if v is not None and v.tzinfo is None:
             raise ApiError(422, "Invalid time", f"{name} has no UTC offset")

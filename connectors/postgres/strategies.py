@@ -77,7 +77,7 @@ def deployment_warning(
         if counted is not None:
             counted[symbols] = found
     groups, missing = found
-    return LotFit.tally(groups, params.qty, missing).untradable(params.qty)
+    return LotFit.tally(groups, params.qty, missing).untradable()
 
 
 def save_deployments(conn: psycopg.Connection, deployments: Iterable[tuple[str, str, dict[str, Any], bool, str]]) -> int:

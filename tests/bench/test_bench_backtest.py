@@ -4,9 +4,9 @@ Each replay reads an input topic filled once (the figure is the replay itself: f
 end of input, results included, per process) and is compared with a baseline measured in the
 same run: the same replay without strategies and desk, i.e. what reading, decoding and
 aggregating the input costs on this machine and broker. The candle replay also records the
-framework's ceiling (``extra.framework_ceiling``): the same source into a keyed step that does
-nothing, the most Bytewax and the broker allow per process here, against which the 5 µs per
-bar of its 200k bars/s target can be read.
+framework's ceiling (``extra.framework_ceiling``, see tests/bench/ceiling.py): the same source
+into a keyed step that does nothing, in one worker, against which the 5 µs per bar of its
+200k bars/s target can be read.
 """
 
 from __future__ import annotations

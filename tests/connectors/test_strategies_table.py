@@ -81,5 +81,5 @@ def test_params_live_start_would_refuse_are_named(database_url: str) -> None:
         bad = deployment_warning(conn, REGISTRY, "ema_crossover", {"fast": "nine"}, False)
         unknown = deployment_warning(conn, REGISTRY, "no_such_strategy", {}, True)
     assert bad is not None and "fast" in bad and "live start refuses" in bad
-    assert unknown is not None and unknown.startswith("unknown strategy 'no_such_strategy'; registered: ")
+    assert unknown is not None and unknown.startswith("unknown strategy 'no_such_strategy'; known strategies: ")
     assert "live start refuses" in unknown
